@@ -1,0 +1,38 @@
+// Validation of optimizer op inputs, shared by the CPU and CUDA implementations
+// so each rule and its message exist once. Every failure names the op, the
+// list and index, what is wrong and what is accepted.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <optional>
+
+namespace pytrainer {
+
+using TensorList = c10::ArrayRef<at::Tensor>;
+
+// params: non-empty, floating dtype among those the kernels support, dense
+// (no gaps or overlaps), all on one device.
+void check_params(const char* op, TensorList params);
+
+// Each others[i] has params[i]'s shape, strides and device, is dense, and has
+// params[i]'s dtype (dtype == nullopt) or the given one (any dtype if `any_dtype`).
+void check_like_params(const char* op, TensorList params, TensorList others, const char* name,
+                       std::optional<at::ScalarType> dtype = std::nullopt);
+
+// grads: like params, and not sparse (with a clear message for sparse grads).
+void check_grads(const char* op, TensorList params, TensorList grads);
+
+// One float32 step count per param, a 0-d or 1-element tensor on the param's device.
+void check_steps(const char* op, TensorList params, TensorList steps);
+
+// Optional 1-element float32 tensor (grad_scale, found_inf, lr) on `device`,
+// or on the CPU too when `cpu_ok`.
+void check_scalar_tensor(const char* op, const std::optional<at::Tensor>& t, const char* name,
+                         const at::Device& device, bool cpu_ok);
+
+void check_same_length(const char* op, TensorList params, TensorList other, const char* name,
+                       size_t expected);
+
+}  // namespace pytrainer

@@ -1,0 +1,32 @@
+// Choosing the CPU instruction set and running range kernels over many tensors
+// in one parallel region.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cpu/kernel_table.h"
+
+namespace pytrainer::cpu {
+
+// The kernels for the best instruction set this CPU and torch allow
+// (torch's ATEN_CPU_CAPABILITY, or our set_isa override, can lower it).
+const IsaKernels& kernels();
+
+// Forces an instruction set ("AVX512", "AVX2", "DEFAULT") for testing each
+// build on one machine; "" restores the automatic choice. Returns the name in use.
+std::string set_isa(const std::string& name);
+
+// One tensor's worth of work: fn(task, begin, end) over [0, numel).
+struct RangeJob {
+  RangeFn fn;
+  const void* task;
+  int64_t numel;
+};
+
+// Splits all jobs into fixed-size chunks and runs them with at::parallel_for,
+// so thousands of small tensors cost one parallel region, not one each.
+void run_jobs(const std::vector<RangeJob>& jobs);
+
+}  // namespace pytrainer::cpu

@@ -1,0 +1,42 @@
+// The CPU kernels built for AVX512; chosen at run time when the CPU has it
+// (see dispatch.cpp), so the extension still loads on older CPUs.
+#include "cpu/prelude.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx2"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,avx2")
+// GCC 12 reports its own AVX-512 conversion intrinsics as maybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#define PT_ISA_AVX512 1
+
+namespace pytrainer::cpu::avx512 {
+#include "cpu/simd.h"
+#include "cpu/adamw_kernel.h"
+
+static IsaKernels make_table() {
+  IsaKernels k{};
+  k.name = "AVX512";
+  k.width = VecF::width;
+  fill_adamw_table(k);
+  return k;
+}
+}  // namespace pytrainer::cpu::avx512
+
+#undef PT_ISA_AVX512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+const pytrainer::cpu::IsaKernels& pytrainer::cpu::isa_avx512() {
+  static const IsaKernels table = avx512::make_table();
+  return table;
+}
+
+#endif  // x86-64

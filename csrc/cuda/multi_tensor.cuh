@@ -1,0 +1,53 @@
+// The one multi-tensor launcher: a block per chunk of every tensor in a table.
+// It knows nothing of optimizers; a functor gets (entry, begin, end) and does
+// the math for elements [begin, end) of that entry's tensors.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "cuda/table.h"
+#include "cuda/vec.cuh"
+
+namespace pytrainer::cuda {
+
+constexpr int kThreads = 256;
+
+template <class Functor>
+__global__ void __launch_bounds__(kThreads) multi_tensor_kernel(DeviceTable table, Functor functor) {
+  const int64_t chunk = blockIdx.x;
+  const TableEntry& entry = table.entries[table.chunk_entry[chunk]];
+  const int64_t begin = (chunk - entry.first_chunk) * kChunkSize;
+  const int64_t end = begin + kChunkSize < entry.numel ? begin + kChunkSize : entry.numel;
+  functor(entry, begin, end);
+}
+
+template <class Functor>
+cudaError_t launch_multi_tensor(const DeviceTable& table, const Functor& functor,
+                                cudaStream_t stream) {
+  if (table.num_chunks == 0) return cudaSuccess;
+  multi_tensor_kernel<<<static_cast<unsigned>(table.num_chunks), kThreads, 0, stream>>>(table,
+                                                                                     functor);
+  return cudaGetLastError();
+}
+
+// Walks [begin, end) of a chunk: 16-byte packs with `ILP` packs in flight per
+// thread when every pointer is 16-byte aligned, then element by element for the
+// rest. `pack(i)` handles kPack<T> elements from i; `one(i)` one element.
+template <class T, int ILP, class PackFn, class OneFn>
+PT_DEVICE void for_each_in_chunk(bool aligned, int64_t begin, int64_t end, PackFn&& pack,
+                                 OneFn&& one) {
+  constexpr int N = kPack<T>;
+  int64_t tail = begin;
+  if (aligned) {
+    const int64_t vec_end = begin + (end - begin) / N * N;
+    const int64_t stride = static_cast<int64_t>(blockDim.x) * N;
+    for (int64_t base = begin + static_cast<int64_t>(threadIdx.x) * N; base < vec_end;
+         base += stride * ILP) {
+      pack(base, stride, vec_end);
+    }
+    tail = vec_end;
+  }
+  for (int64_t i = tail + threadIdx.x; i < end; i += blockDim.x) one(i);
+}
+
+}  // namespace pytrainer::cuda

@@ -1,0 +1,36 @@
+// The tensor table: what one multi-tensor launch reads to find its work.
+// Plain data shared by the host code that builds it (tensor_table.cpp) and the
+// kernels that read it (.cu); it lives in device memory, so a launch covers any
+// number of tensors.
+#pragma once
+
+#include <cstdint>
+
+namespace pytrainer::cuda {
+
+constexpr int kMaxTensorsPerEntry = 6;
+
+// Elements one CUDA block processes: 32K keeps the grid fine-grained (little
+// tail imbalance at the end of a step) while a block's setup stays negligible.
+constexpr int64_t kChunkSize = 32768;
+
+struct TableEntry {
+  void* ptr[kMaxTensorsPerEntry];  // the tensors updated together (param, grad, states...)
+  float* step;                     // the param's step count (float32 on the device)
+  int64_t numel;
+  int64_t first_chunk;             // index of this tensor's first chunk in the launch
+  int64_t tag;                     // per-optimizer value (e.g. state dtypes, a seed offset)
+};
+
+struct DeviceTable {
+  const TableEntry* entries;
+  const int32_t* chunk_entry;  // the entry each chunk (CUDA block) belongs to
+  int64_t num_entries;
+  int64_t num_chunks;
+};
+
+// Storage dtypes of the CUDA kernels, independent of ATen's enum so the .cu
+// files need no ATen headers.
+enum class Dtype : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
+
+}  // namespace pytrainer::cuda

@@ -1,0 +1,7 @@
+"""pytrainer's optimizers and the registry of optimizer names."""
+from pytrainer.optim.adamw import FusedAdamW
+from pytrainer.optim.registry import (OptimizerConfig, build_optimizer, get_optimizer_spec,
+                                      optimizer_names, register_optimizer)
+
+__all__ = ["FusedAdamW", "OptimizerConfig", "build_optimizer", "get_optimizer_spec",
+           "optimizer_names", "register_optimizer"]

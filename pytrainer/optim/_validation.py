@@ -1,0 +1,74 @@
+"""Hyperparameter checks shared by pytrainer's optimizers: each raises a
+ValueError that names the argument, the value and the valid range."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+SUPPORTED_PARAM_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number or a one-element tensor, got a tensor of "
+                             f"shape {tuple(value.shape)}")
+        if value.device.type != "cpu":
+            return float(value.detach().cpu())
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+
+
+def check_lr(lr: Any, *, allow_none: bool = False) -> None:
+    if lr is None and allow_none:
+        return
+    value = _as_float("lr", lr)
+    if not (value >= 0.0) or math.isinf(value):
+        raise ValueError(f"Invalid learning rate: lr={lr!r}; it must be a finite number >= 0")
+
+
+def check_eps(name: str, eps: Any) -> None:
+    value = _as_float(name, eps)
+    if not (value > 0.0) or math.isinf(value):
+        raise ValueError(f"Invalid {name}: {eps!r}; it must be a finite number > 0")
+
+
+def check_beta(name: str, beta: Any) -> None:
+    value = _as_float(name, beta)
+    if not (0.0 <= value < 1.0):
+        raise ValueError(f"Invalid {name}: {beta!r}; it must be in [0, 1)")
+
+
+def check_betas(betas: Any) -> None:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas: {betas!r}; expected a pair (beta1, beta2), each in [0, 1)")
+    check_beta("beta1 (betas[0])", betas[0])
+    check_beta("beta2 (betas[1])", betas[1])
+
+
+def check_weight_decay(weight_decay: Any) -> None:
+    value = _as_float("weight_decay", weight_decay)
+    if not (value >= 0.0) or math.isinf(value):
+        raise ValueError(f"Invalid weight_decay: {weight_decay!r}; it must be a finite number >= 0")
+
+
+def check_param_dtypes(optimizer_name: str, params, dtypes=SUPPORTED_PARAM_DTYPES) -> None:
+    """Rejects parameters the kernels cannot update, at construction rather than mid-run."""
+    names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"{optimizer_name}: params[{i}] is a {type(p).__name__}, not a tensor")
+        if p.is_complex():
+            raise ValueError(f"{optimizer_name} does not support complex parameters (params[{i}] is "
+                             f"{p.dtype}); supported dtypes: {names}")
+        if p.dtype not in dtypes:
+            raise ValueError(f"{optimizer_name}: params[{i}] has dtype {p.dtype}; supported dtypes: "
+                             f"{names}")
+        if p.layout != torch.strided:
+            raise ValueError(f"{optimizer_name}: params[{i}] has layout {p.layout}; only dense "
+                             "(strided) parameters are supported")
