@@ -22,6 +22,10 @@ except ImportError as error:  # not built, or built against another torch
     _C = None
     _IMPORT_ERROR = error
 
+#: The compiled module (None when it is missing): its typed entries call the
+#: torch.ops.pytrainer ops through the dispatcher with less per-call overhead.
+kernels = _C
+
 
 class KernelsUnavailableError(RuntimeError):
     """pytrainer's compiled kernels are missing or cannot be used on a device."""

@@ -1,7 +1,10 @@
 """pytrainer's optimizers and the registry of optimizer names."""
 from pytrainer.optim.adamw import FusedAdamW
+from pytrainer.optim.factory import create_optimizer, get_decay_parameter_names
+from pytrainer.optim.hf_adamw import AdamWHF
 from pytrainer.optim.registry import (OptimizerConfig, build_optimizer, get_optimizer_spec,
                                       optimizer_names, register_optimizer)
 
 __all__ = ["FusedAdamW", "OptimizerConfig", "build_optimizer", "get_optimizer_spec",
-           "optimizer_names", "register_optimizer"]
+           "optimizer_names", "register_optimizer",
+           "AdamWHF", "create_optimizer", "get_decay_parameter_names"]

@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pytrainer import ops
 from pytrainer.optim._base import KernelOptimizer
 from pytrainer.optim._validation import check_betas, check_eps, check_lr, check_weight_decay
 
@@ -91,10 +92,10 @@ class FusedAdamW(KernelOptimizer):
             grad_scale, found_inf = self._amp_tensors(device)
             lr, lr_tensor = self._lr_args(group["lr"])
             beta1, beta2 = group["betas"]
-            torch.ops.pytrainer.adamw_(
+            # torch.ops.pytrainer.adamw_, through its typed entry (see csrc/ops.cpp)
+            ops.kernels.adamw_(
                 params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                lr=lr, lr_tensor=lr_tensor, beta1=float(beta1), beta2=float(beta2),
-                weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
-                amsgrad=group["amsgrad"], maximize=group["maximize"],
-                grad_scale=grad_scale, found_inf=found_inf, write_back_grads=True)
+                lr, lr_tensor, float(beta1), float(beta2), float(group["weight_decay"]),
+                float(group["eps"]), group["amsgrad"], group["maximize"],
+                grad_scale, found_inf, True)
         return loss

@@ -1,11 +1,12 @@
 """Optimizer names (as ``TrainingArguments.optim`` spells them) and their builders."""
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+
+from pytrainer._suggest import invalid_choice_message
 
 __all__ = ["OptimizerConfig", "OptimizerSpec", "register_optimizer", "register_pending",
            "get_optimizer_spec", "optimizer_names", "build_optimizer", "parse_optim_args"]
@@ -74,10 +75,7 @@ def optimizer_names() -> list[str]:
 def get_optimizer_spec(name: str) -> OptimizerSpec:
     spec = _REGISTRY.get(name)
     if spec is None:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown optimizer {name!r}; valid names: "
-                         f"{', '.join(optimizer_names())}.{hint}")
+        raise ValueError(invalid_choice_message("optim", name, optimizer_names()))
     return spec
 
 
@@ -100,3 +98,47 @@ def _build_adamw_custom_fused(groups, config: OptimizerConfig):
 
 register_optimizer("adamw_custom_fused", _build_adamw_custom_fused,
                    "pytrainer.optim.FusedAdamW: torch AdamW math, fused CPU/CUDA kernels")
+
+
+def _build_adamw_hf(groups, config: OptimizerConfig):
+    from pytrainer.optim.hf_adamw import AdamWHF
+    _reject_optim_args("adamw_hf", config)
+    return AdamWHF(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+
+
+def _build_adamw_torch(groups, config: OptimizerConfig):
+    # Hugging Face ignores optim_args for torch's AdamW; rejecting them surfaces the mistake.
+    _reject_optim_args("adamw_torch", config)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+
+
+def _build_adamw_torch_fused(groups, config: OptimizerConfig):
+    _reject_optim_args("adamw_torch_fused", config)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=True)
+
+
+def _build_adamw_apex_fused(groups, config: OptimizerConfig):
+    try:
+        from apex.optimizers import FusedAdam
+    except ImportError as error:
+        raise ImportError(
+            f"optim='adamw_apex_fused' needs NVIDIA apex, which could not be imported ({error}); "
+            f"install apex with its CUDA extensions, or use optim='adamw_custom_fused', "
+            f"pytrainer's own fused AdamW") from None
+    _reject_optim_args("adamw_apex_fused", config)
+    # adam_w_mode=True (its default) is decoupled weight decay, as Hugging Face used it.
+    return FusedAdam(groups, lr=config.lr, betas=config.betas, eps=config.eps, adam_w_mode=True)
+
+
+register_optimizer("adamw_hf", _build_adamw_hf,
+                   "pytrainer.optim.AdamWHF: the classic Hugging Face AdamW, plain PyTorch")
+register_optimizer("adamw_torch", _build_adamw_torch,
+                   "torch.optim.AdamW (foreach implementation where available)")
+register_optimizer("adamw_torch_fused", _build_adamw_torch_fused, "torch.optim.AdamW(fused=True)")
+register_optimizer("adamw_apex_fused", _build_adamw_apex_fused,
+                   "NVIDIA apex FusedAdam (needs apex)")
+
+# --- pending optimizers: replaced when issues 5 and 6 land -------------------
+register_pending("adamw_anyprecision", "pytrainer.optim.AnyPrecisionAdamW (issue 5) has not landed")
+register_pending("adafactor", "pytrainer.optim.Adafactor (issue 6) has not landed")
+# --- end of pending optimizers ------------------------------------------------

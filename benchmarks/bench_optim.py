@@ -1,0 +1,283 @@
+"""Optimizer step time: pytrainer's fused kernels against PyTorch's optimizers.
+
+Every candidate runs in the same process on the same parameter set, in
+interleaved rounds (machines are noisy: a slow minute hits all candidates
+alike); the figures are medians over rounds, and ratios are medians of the
+per-round ratios. A device copy of a large buffer is timed in the same rounds,
+so effective bandwidth can be read as a fraction of what the memory delivers.
+
+    python benchmarks/bench_optim.py                     # CPU, and CUDA when present
+    python benchmarks/bench_optim.py --devices cuda --out bench_out
+
+Writes a table to stdout, ``bench_optim.json`` and ``bench_optim.png`` (when
+matplotlib is installed) into ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pytrainer import ops  # noqa: E402
+from pytrainer.optim import FusedAdamW  # noqa: E402
+
+# ----------------------------------------------------------------- param sets
+
+
+def llama_shapes(hidden: int, intermediate: int, vocab: int, layers: int = 16):
+    """Embedding, then per layer 4 attention matrices, 2 up/gate and 1 down
+    projection and 2 norm vectors, then the final norm: 146 tensors for 16 layers."""
+    shapes = [(vocab, hidden)]
+    for _ in range(layers):
+        shapes += [(hidden, hidden)] * 4 + [(intermediate, hidden)] * 2
+        shapes += [(hidden, intermediate), (hidden,), (hidden,)]
+    shapes.append((hidden,))
+    return shapes
+
+
+def param_sets(device: str, quick: bool) -> dict[str, list[tuple[int, ...]]]:
+    if device == "cuda":
+        llama = llama_shapes(2048, 8192, 32000)  # 1.139 B params
+    else:
+        # the same proportions scaled to about 50 M params: large enough to leave the caches
+        llama = llama_shapes(432, 1728, 6750)
+    many = [(4096,)] * 4000
+    sets = {"llama": llama, "4000x4096": many, "1x16384000": [(4000 * 4096,)]}
+    if quick:
+        sets = {"llama": llama_shapes(128, 512, 2000, layers=4),
+                "400x256": [(256,)] * 400, "1x102400": [(400 * 256,)]}
+    return sets
+
+
+# ----------------------------------------------------------------- candidates
+
+
+@dataclass
+class Candidate:
+    name: str
+    make: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+    bytes_per_param: dict = field(default_factory=dict)
+
+
+def adamw_candidates(device: str) -> list[Candidate]:
+    cands = [
+        Candidate("pytrainer FusedAdamW", lambda ps: FusedAdamW(ps, lr=1e-3)),
+        Candidate("torch AdamW fused", lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True)),
+        Candidate("torch AdamW foreach", lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True)),
+        Candidate("torch AdamW for-loop",
+                  lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=False)),
+    ]
+    return cands
+
+
+#: bytes moved per parameter by one AdamW step (read p, g, m, v; write p, m, v)
+ADAMW_BYTES = {torch.float32: 28, torch.bfloat16: 14}
+
+
+# ----------------------------------------------------------------- timing
+
+
+class Timer:
+    """Wall time of a block on the CPU, CUDA events on the GPU."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def __call__(self, fn: Callable[[], None], n: int) -> float:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(n):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3 / n
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n
+
+
+def copy_bandwidth_fn(device: str):
+    """A device copy of 512 MiB (1 GiB on CUDA); returns (fn, bytes read + written)."""
+    n = (1 << 28) if device == "cuda" else (1 << 27)
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    return (lambda: dst.copy_(src)), 2 * src.numel() * src.element_size()
+
+
+def make_params(shapes, dtype, device, seed=0):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    params = []
+    for s in shapes:
+        p = torch.nn.Parameter(torch.randn(s, generator=gen).to(device=device, dtype=dtype))
+        p.grad = (torch.randn(s, generator=gen) * 1e-2).to(device=device, dtype=dtype)
+        params.append(p)
+    return params
+
+
+def bench_set(device, dtype, shapes, candidates, rounds, steps_per_round, timer, copy):
+    """Median step time per candidate (and of the copy) over interleaved rounds."""
+    copy_fn, copy_bytes = copy
+    runs = []
+    for cand in candidates:
+        params = make_params(shapes, dtype, device)
+        opt = cand.make(params)
+        for _ in range(2):  # warm-up: state allocation, table building, caches
+            opt.step()
+        runs.append((cand, opt))
+    times = {c.name: [] for c, _ in runs}
+    copy_times = []
+    for _ in range(rounds):
+        copy_times.append(timer(copy_fn, 3))
+        for cand, opt in runs:
+            n = steps_per_round if "for-loop" not in cand.name else max(1, steps_per_round // 2)
+            times[cand.name].append(timer(opt.step, n))
+    del runs
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return times, copy_times, copy_bytes
+
+
+def summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, reference, bytes_per_param):
+    n_params = sum(math.prod(s) for s in shapes)
+    copy_bw = copy_bytes / statistics.median(copy_times)
+    rows = []
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        ratios = [r / t for r, t in zip(times[reference], ts)] if reference in times else []
+        eff = n_params * bytes_per_param / med
+        rows.append(dict(
+            set=set_name, dtype=str(dtype).replace("torch.", ""), optimizer=name,
+            tensors=len(shapes), params=n_params, ms_per_step=med * 1e3,
+            ms_min=min(ts) * 1e3, params_per_s=n_params / med, effective_gb_s=eff / 1e9,
+            fraction_of_copy_bw=eff / copy_bw, copy_gb_s=copy_bw / 1e9,
+            speedup_vs_torch_fused=statistics.median(ratios) if ratios else None))
+    return rows
+
+
+def print_table(rows, title):
+    print(f"\n{title}")
+    head = (f"{'set':<12}{'dtype':<9}{'optimizer':<26}{'ms/step':>9}{'Mparam/s':>10}{'GB/s':>8}"
+            f"{'of copy':>9}{'vs torch fused':>16}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ratio = r["speedup_vs_torch_fused"]
+        print(f"{r['set']:<12}{r['dtype']:<9}{r['optimizer']:<26}{r['ms_per_step']:>9.2f}"
+              f"{r['params_per_s'] / 1e6:>10.0f}{r['effective_gb_s']:>8.1f}"
+              f"{r['fraction_of_copy_bw']:>8.0%} {('%.2fx' % ratio) if ratio else '':>15}")
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart written")
+        return
+    groups = sorted({(r["device"], r["set"], r["dtype"]) for r in rows})
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4), squeeze=False)
+    for ax, (dev, set_name, dtype) in zip(axes[0], groups):
+        sel = [r for r in rows if (r["device"], r["set"], r["dtype"]) == (dev, set_name, dtype)]
+        ax.barh([r["optimizer"] for r in sel], [r["ms_per_step"] for r in sel],
+                color=["tab:green" if r["optimizer"].startswith("pytrainer") else "tab:gray"
+                       for r in sel])
+        ax.set_title(f"{dev} {set_name} {dtype}", fontsize=9)
+        ax.set_xlabel("ms per step (lower is better)")
+        ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"chart: {path}")
+
+
+def environment(device):
+    env = dict(python=platform.python_version(), torch=torch.__version__,
+               machine=platform.machine(), cpu_threads=torch.get_num_threads(),
+               cpu_isa=ops.cpu_isa() if ops.available() else None,
+               date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--devices", nargs="+", default=None,
+                        help="cpu and/or cuda (default: cpu, plus cuda when available)")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--sets", nargs="+", default=None, help="llama 4000x4096 1x16384000")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=3, help="steps per round and candidate")
+    parser.add_argument("--out", default="bench_out")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    args = parser.parse_args(argv)
+    ops.require()
+    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    all_rows = []
+    for device in devices:
+        timer = Timer(device)
+        copy = copy_bandwidth_fn(device)
+        for set_name, shapes in param_sets(device, args.quick).items():
+            if args.sets and set_name not in args.sets:
+                continue
+            for dtype_name in args.dtypes:
+                dtype = getattr(torch, dtype_name)
+                cands = adamw_candidates(device)
+                if set_name.startswith("1x"):  # only the reference point of the many-tensor set
+                    cands = cands[:2]
+                times, copy_times, copy_bytes = bench_set(
+                    device, dtype, shapes, cands, args.rounds, args.steps, timer, copy)
+                rows = summarize(set_name, dtype, shapes, times, copy_times, copy_bytes,
+                                 "torch AdamW fused", ADAMW_BYTES[dtype])
+                for r in rows:
+                    r["device"] = device
+                print_table(rows, f"{device}: AdamW step, {set_name} "
+                                  f"({len(shapes)} tensors, {rows[0]['params'] / 1e6:.1f} M params), "
+                                  f"{dtype_name}; copy bandwidth {rows[0]['copy_gb_s']:.1f} GB/s")
+                all_rows += rows
+    summary = many_tensor_ratios(all_rows)
+    for line in summary:
+        print(line)
+    result = dict(environment=environment(devices[-1]), rows=all_rows, summary=summary)
+    (out / "bench_optim.json").write_text(json.dumps(result, indent=2))
+    print(f"json: {out / 'bench_optim.json'}")
+    plot(all_rows, out / "bench_optim.png")
+    return result
+
+
+def many_tensor_ratios(rows):
+    """Time of the many-small-tensors set over one tensor of the same size."""
+    lines = []
+    for dev in sorted({r["device"] for r in rows}):
+        for dtype in sorted({r["dtype"] for r in rows}):
+            for opt in ("pytrainer FusedAdamW", "torch AdamW fused"):
+                many = [r for r in rows if (r["device"], r["dtype"], r["optimizer"]) == (dev, dtype, opt)
+                        and r["tensors"] > 1 and r["set"] != "llama"]
+                one = [r for r in rows if (r["device"], r["dtype"], r["optimizer"]) == (dev, dtype, opt)
+                       and r["tensors"] == 1]
+                if many and one:
+                    lines.append(f"{dev} {dtype} {opt}: {many[0]['tensors']} tensors take "
+                                 f"{many[0]['ms_per_step'] / one[0]['ms_per_step']:.2f}x the time "
+                                 f"of one tensor of the same size")
+    return lines
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+// Sparse tensors route the ops to the Sparse* dispatch keys instead of CPU or
+// CUDA. Register the input checks there, so a sparse grad gets the same clear
+// message on every device instead of a "no kernel for backend" error.
+#include <torch/library.h>
+
+#include "common/adamw_checks.h"
+
+namespace pytrainer {
+namespace {
+
+void adamw_sparse(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                  at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
+                  at::TensorList state_steps, double, const std::optional<at::Tensor>& lr_tensor,
+                  double, double, double, double, bool amsgrad, bool,
+                  const std::optional<at::Tensor>& grad_scale,
+                  const std::optional<at::Tensor>& found_inf, bool) {
+  check_adamw_args(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, amsgrad,
+                   lr_tensor, grad_scale, found_inf);
+  TORCH_CHECK(false, "pytrainer::adamw_: sparse tensors are not supported");
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pytrainer, SparseCPU, m) { m.impl("adamw_", &adamw_sparse); }
+TORCH_LIBRARY_IMPL(pytrainer, SparseCUDA, m) { m.impl("adamw_", &adamw_sparse); }
+
+}  // namespace pytrainer

@@ -1,0 +1,58 @@
+"""Shared fixtures: the devices with kernels, and each CPU instruction set."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pytrainer import ops
+
+
+def kernel_devices() -> list[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available() and ops.has_kernels("cuda"):
+        devices.append("cuda")
+    return devices
+
+
+def _cuda_marked(devices):
+    return [pytest.param(d, marks=pytest.mark.cuda) if d == "cuda" else d for d in devices]
+
+
+@pytest.fixture(params=_cuda_marked(["cpu", "cuda"]))
+def device(request) -> torch.device:
+    """Every device kind; CUDA is skipped without a GPU and the CUDA kernels."""
+    if request.param == "cuda" and request.param not in kernel_devices():
+        pytest.skip("needs an NVIDIA GPU and pytrainer's CUDA kernels")
+    return torch.device(request.param)
+
+
+def _available_isas() -> list[str]:
+    if not ops.available():
+        return []
+    found = []
+    for name in ("AVX512", "AVX2", "DEFAULT"):
+        try:
+            ops.require().set_cpu_isa(name)
+            found.append(name)
+        except RuntimeError:
+            pass
+    ops.require().set_cpu_isa("")
+    return found
+
+
+CPU_ISAS = _available_isas()
+
+
+@pytest.fixture(params=CPU_ISAS or ["none"])
+def cpu_isa(request):
+    """Runs the test once per CPU instruction set this CPU supports."""
+    if request.param == "none":
+        pytest.skip("compiled kernels not available")
+    ops.require().set_cpu_isa(request.param)
+    yield request.param
+    ops.require().set_cpu_isa("")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)

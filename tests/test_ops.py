@@ -1,0 +1,60 @@
+"""The compiled module: what it reports, and a clear error when it is missing."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from pytrainer import ops
+
+
+def test_device_types_reports_the_cpu_and_cuda_when_built():
+    if not ops.available():
+        assert ops.device_types() == ()
+        return
+    kinds = ops.device_types()
+    assert kinds[0] == "cpu"
+    assert ("cuda" in kinds) == ops.kernels.cuda_built()
+    assert ops.has_kernels("cpu")
+    assert ops.cpu_isa() in ("AVX512", "AVX2", "DEFAULT")
+
+
+def test_unknown_cpu_isa_is_a_clear_error():
+    if not ops.available():
+        pytest.skip("compiled kernels not built")
+    with pytest.raises(RuntimeError, match="valid: AVX512, AVX2, DEFAULT"):
+        ops.kernels.set_cpu_isa("SSE9")
+    assert ops.cpu_isa() in ("AVX512", "AVX2", "DEFAULT")
+
+
+def test_import_works_without_the_compiled_module_and_says_how_to_build():
+    # Hide pytrainer._C from the import system in a fresh interpreter.
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["pytrainer._C"] = None
+        import torch, pytrainer
+        from pytrainer import ops
+        assert not ops.available() and ops.device_types() == ()
+        from pytrainer.optim import FusedAdamW
+        try:
+            FusedAdamW([torch.nn.Parameter(torch.randn(3))])
+        except ops.KernelsUnavailableError as error:
+            print(error)
+        else:
+            raise SystemExit("no error")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "pip install --no-build-isolation" in out.stdout
+    assert "pytrainer._C" in out.stdout
+
+
+def test_cuda_params_without_cuda_kernels_get_a_clear_error(monkeypatch):
+    if not ops.available():
+        pytest.skip("compiled kernels not built")
+    monkeypatch.setattr(ops, "has_kernels", lambda device, op="adamw_": torch.device(device).type == "cpu")
+    with pytest.raises(ops.KernelsUnavailableError, match="no adamw_ kernel for cuda"):
+        ops.check_device(torch.device("cuda"), "adamw_")
