@@ -120,11 +120,13 @@ def copy_bandwidth_fn(device: str):
 
 
 def make_params(shapes, dtype, device, seed=0):
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    """Each parameter with its grad, generated on the device (1 B random numbers
+    on the CPU would dominate a GPU run)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
     params = []
     for s in shapes:
-        p = torch.nn.Parameter(torch.randn(s, generator=gen).to(device=device, dtype=dtype))
-        p.grad = (torch.randn(s, generator=gen) * 1e-2).to(device=device, dtype=dtype)
+        p = torch.nn.Parameter(torch.randn(s, generator=gen, device=device).to(dtype))
+        p.grad = (torch.randn(s, generator=gen, device=device) * 1e-2).to(dtype)
         params.append(p)
     return params
 

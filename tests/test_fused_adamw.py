@@ -118,6 +118,7 @@ def test_lr_as_tensor(device):
         torch.testing.assert_close(p, q)
 
 
+@pytest.mark.cuda
 def test_cpu_lr_tensor_with_cuda_params():
     if not (torch.cuda.is_available() and ops.has_kernels("cuda")):
         pytest.skip("needs CUDA")
@@ -299,6 +300,7 @@ def test_state_dict_keys_and_layout_match_torch(device):
     assert a["state"][0]["step"].dtype == torch.float32
 
 
+@pytest.mark.cuda
 def test_state_loaded_on_cpu_into_cuda_model():
     if not (torch.cuda.is_available() and ops.has_kernels("cuda")):
         pytest.skip("needs CUDA")
@@ -373,6 +375,7 @@ def test_non_dense_param_rejected(device):
         FusedAdamW([p]).step()
 
 
+@pytest.mark.cuda
 def test_params_on_two_devices_in_one_group_rejected():
     if not (torch.cuda.is_available() and ops.has_kernels("cuda")):
         pytest.skip("needs CUDA")
