@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pytrainer import ops  # noqa: E402
-from pytrainer.optim import FusedAdamW  # noqa: E402
+from pytrainer.optim import AnyPrecisionAdamW, FusedAdamW  # noqa: E402
+from tests.reference.anyprecision import TorchdistxAnyPrecisionAdamW  # noqa: E402
 
 # ----------------------------------------------------------------- param sets
 
@@ -68,22 +69,33 @@ def param_sets(device: str, quick: bool) -> dict[str, list[tuple[int, ...]]]:
 class Candidate:
     name: str
     make: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
-    bytes_per_param: dict = field(default_factory=dict)
+    #: bytes one step moves per parameter (for the effective bandwidth)
+    bytes_per_param: int
 
 
-def adamw_candidates(device: str) -> list[Candidate]:
+def candidates(dtype: torch.dtype) -> list[Candidate]:
+    """AdamW variants; for bfloat16 parameters also the any-precision optimizer with
+    bfloat16 momentum, variance and Kahan buffer, and its per-tensor reference."""
+    adamw_bytes = 28 if dtype == torch.float32 else 14  # read p, g, m, v; write p, m, v
     cands = [
-        Candidate("pytrainer FusedAdamW", lambda ps: FusedAdamW(ps, lr=1e-3)),
-        Candidate("torch AdamW fused", lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True)),
-        Candidate("torch AdamW foreach", lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True)),
+        Candidate("pytrainer FusedAdamW", lambda ps: FusedAdamW(ps, lr=1e-3), adamw_bytes),
+        Candidate("torch AdamW fused", lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
+                  adamw_bytes),
+        Candidate("torch AdamW foreach",
+                  lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True), adamw_bytes),
         Candidate("torch AdamW for-loop",
-                  lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=False)),
+                  lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=False), adamw_bytes),
     ]
+    if dtype == torch.bfloat16:
+        bf16 = dict(lr=1e-3, use_kahan_summation=True, momentum_dtype=torch.bfloat16,
+                    variance_dtype=torch.bfloat16, compensation_buffer_dtype=torch.bfloat16)
+        # read p, g, m, v, c; write p, m, v, c: 18 bytes in bfloat16
+        cands += [
+            Candidate("pytrainer AnyPrecision+Kahan", lambda ps: AnyPrecisionAdamW(ps, **bf16), 18),
+            Candidate("torchdistx-style AnyPrecision", lambda ps: TorchdistxAnyPrecisionAdamW(
+                ps, **bf16), 18),
+        ]
     return cands
-
-
-#: bytes moved per parameter by one AdamW step (read p, g, m, v; write p, m, v)
-ADAMW_BYTES = {torch.float32: 28, torch.bfloat16: 14}
 
 
 # ----------------------------------------------------------------- timing
@@ -146,7 +158,8 @@ def bench_set(device, dtype, shapes, candidates, rounds, steps_per_round, timer,
     for _ in range(rounds):
         copy_times.append(timer(copy_fn, 3))
         for cand, opt in runs:
-            n = steps_per_round if "for-loop" not in cand.name else max(1, steps_per_round // 2)
+            slow = "for-loop" in cand.name or "torchdistx" in cand.name
+            n = max(1, steps_per_round // 2) if slow else steps_per_round
             times[cand.name].append(timer(opt.step, n))
     del runs
     if device == "cuda":
@@ -154,16 +167,18 @@ def bench_set(device, dtype, shapes, candidates, rounds, steps_per_round, timer,
     return times, copy_times, copy_bytes
 
 
-def summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, reference, bytes_per_param):
+def summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, reference, cands):
     n_params = sum(math.prod(s) for s in shapes)
     copy_bw = copy_bytes / statistics.median(copy_times)
+    bytes_per_param = {c.name: c.bytes_per_param for c in cands}
     rows = []
     for name, ts in times.items():
         med = statistics.median(ts)
         ratios = [r / t for r, t in zip(times[reference], ts)] if reference in times else []
-        eff = n_params * bytes_per_param / med
+        eff = n_params * bytes_per_param[name] / med
         rows.append(dict(
             set=set_name, dtype=str(dtype).replace("torch.", ""), optimizer=name,
+            bytes_per_param=bytes_per_param[name],
             tensors=len(shapes), params=n_params, ms_per_step=med * 1e3,
             ms_min=min(ts) * 1e3, params_per_s=n_params / med, effective_gb_s=eff / 1e9,
             fraction_of_copy_bw=eff / copy_bw, copy_gb_s=copy_bw / 1e9,
@@ -173,13 +188,13 @@ def summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, reference,
 
 def print_table(rows, title):
     print(f"\n{title}")
-    head = (f"{'set':<12}{'dtype':<9}{'optimizer':<26}{'ms/step':>9}{'Mparam/s':>10}{'GB/s':>8}"
+    head = (f"{'set':<12}{'dtype':<9}{'optimizer':<31}{'ms/step':>9}{'Mparam/s':>10}{'GB/s':>8}"
             f"{'of copy':>9}{'vs torch fused':>16}")
     print(head)
     print("-" * len(head))
     for r in rows:
         ratio = r["speedup_vs_torch_fused"]
-        print(f"{r['set']:<12}{r['dtype']:<9}{r['optimizer']:<26}{r['ms_per_step']:>9.2f}"
+        print(f"{r['set']:<12}{r['dtype']:<9}{r['optimizer']:<31}{r['ms_per_step']:>9.2f}"
               f"{r['params_per_s'] / 1e6:>10.0f}{r['effective_gb_s']:>8.1f}"
               f"{r['fraction_of_copy_bw']:>8.0%} {('%.2fx' % ratio) if ratio else '':>15}")
 
@@ -241,16 +256,16 @@ def main(argv=None):
                 continue
             for dtype_name in args.dtypes:
                 dtype = getattr(torch, dtype_name)
-                cands = adamw_candidates(device)
+                cands = candidates(dtype)
                 if set_name.startswith("1x"):  # only the reference point of the many-tensor set
                     cands = cands[:2]
                 times, copy_times, copy_bytes = bench_set(
                     device, dtype, shapes, cands, args.rounds, args.steps, timer, copy)
                 rows = summarize(set_name, dtype, shapes, times, copy_times, copy_bytes,
-                                 "torch AdamW fused", ADAMW_BYTES[dtype])
+                                 "torch AdamW fused", cands)
                 for r in rows:
                     r["device"] = device
-                print_table(rows, f"{device}: AdamW step, {set_name} "
+                print_table(rows, f"{device}: optimizer step, {set_name} "
                                   f"({len(shapes)} tensors, {rows[0]['params'] / 1e6:.1f} M params), "
                                   f"{dtype_name}; copy bandwidth {rows[0]['copy_gb_s']:.1f} GB/s")
                 all_rows += rows

@@ -17,6 +17,15 @@ TORCH_LIBRARY(pytrainer, m) {
       "float lr, Tensor? lr_tensor, float beta1, float beta2, float weight_decay, float eps, "
       "bool amsgrad, bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None, "
       "bool write_back_grads=False) -> ()");
+  // torchdistx's AnyPrecisionAdamW: momentum, variance and the Kahan compensation
+  // each in its own dtype (one per list), float32 math. rounding: 0 nearest,
+  // 1 Kahan compensation, 2 stochastic (seeded by seed and rounding_ids).
+  m.def(
+      "anyprecision_adamw_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
+      "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] compensations, Tensor(f!)[] state_steps, "
+      "int[] rounding_ids, *, float lr, Tensor? lr_tensor, float beta1, float beta2, "
+      "float weight_decay, float eps, int rounding, int seed, Tensor? grad_scale=None, "
+      "Tensor? found_inf=None, bool write_back_grads=False) -> ()");
 }
 
 namespace {
@@ -51,12 +60,35 @@ void adamw_entry(pybind11::handle params, pybind11::handle grads, pybind11::hand
           beta2, weight_decay, eps, amsgrad, maximize, grad_scale, found_inf, write_back_grads);
 }
 
+void anyprecision_adamw_entry(pybind11::handle params, pybind11::handle grads,
+                              pybind11::handle exp_avgs, pybind11::handle exp_avg_sqs,
+                              pybind11::handle compensations, pybind11::handle state_steps,
+                              const std::vector<int64_t>& rounding_ids, double lr,
+                              const OptTensor& lr_tensor, double beta1, double beta2,
+                              double weight_decay, double eps, int64_t rounding, int64_t seed,
+                              const OptTensor& grad_scale, const OptTensor& found_inf,
+                              bool write_back_grads) {
+  static const auto op =
+      typed_op<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+                    at::TensorList, at::TensorList, at::IntArrayRef, double, const OptTensor&,
+                    double, double, double, double, int64_t, int64_t, const OptTensor&,
+                    const OptTensor&, bool)>("pytrainer::anyprecision_adamw_");
+  const pytrainer::BorrowedTensorList p(params, "params"), g(grads, "grads"),
+      m(exp_avgs, "exp_avgs"), v(exp_avg_sqs, "exp_avg_sqs"),
+      c(compensations, "compensations"), s(state_steps, "state_steps");
+  pybind11::gil_scoped_release no_gil;
+  op.call(p.list(), g.list(), m.list(), v.list(), c.list(), s.list(), rounding_ids, lr,
+          lr_tensor, beta1, beta2, weight_decay, eps, rounding, seed, grad_scale, found_inf,
+          write_back_grads);
+}
+
 }  // namespace
 
 // The ops update optimizer state under torch.no_grad(): autograd has nothing to
 // record, and its boxed fallback would copy every tensor list on every call.
 TORCH_LIBRARY_IMPL(pytrainer, Autograd, m) {
   m.impl("adamw_", torch::CppFunction::makeFallthrough());
+  m.impl("anyprecision_adamw_", torch::CppFunction::makeFallthrough());
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -69,6 +101,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   }, "Whether this build contains the CUDA kernels.");
   m.def("adamw_", &adamw_entry, "torch.ops.pytrainer.adamw_ (positional arguments)");
+  m.def("anyprecision_adamw_", &anyprecision_adamw_entry,
+        "torch.ops.pytrainer.anyprecision_adamw_ (positional arguments)");
   m.def("cpu_isa", []() { return std::string(pytrainer::cpu::kernels().name); },
         "The CPU instruction set the kernels use.");
   m.def("set_cpu_isa", &pytrainer::cpu::set_isa, pybind11::arg("name"),

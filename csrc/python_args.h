@@ -14,6 +14,8 @@
 #include <vector>
 
 namespace pytrainer {
+// Hidden like the pybind11 types it holds (this header is for ops.cpp only).
+namespace {
 
 class BorrowedTensorList {
  public:
@@ -49,4 +51,5 @@ class BorrowedTensorList {
   std::vector<at::Tensor> tensors_;
 };
 
+}  // namespace
 }  // namespace pytrainer

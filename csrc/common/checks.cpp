@@ -74,6 +74,31 @@ void check_like_params(const char* op, TensorList params, TensorList others, con
   }
 }
 
+namespace {
+
+bool state_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+}  // namespace
+
+void check_16_or_32_bit_params(const char* op, TensorList params) {
+  check_params(op, params);
+  for (size_t i = 0; i < params.size(); ++i) {
+    TORCH_CHECK(state_dtype(params[i].scalar_type()), op, ": params[", i, "] has dtype ",
+                params[i].scalar_type(), "; supported dtypes are float32, bfloat16 and float16");
+  }
+}
+
+void check_state_list(const char* op, TensorList params, TensorList states, const char* name) {
+  check_same_length(op, params, states, name, params.size());
+  if (states.empty()) return;
+  const at::ScalarType dtype = states[0].scalar_type();
+  TORCH_CHECK(state_dtype(dtype), op, ": ", name, " have dtype ", dtype,
+              "; supported state dtypes are float32, bfloat16 and float16");
+  check_like_params(op, params, states, name, dtype);
+}
+
 void check_grads(const char* op, TensorList params, TensorList grads) {
   check_same_length(op, params, grads, "grads", params.size());
   for (size_t i = 0; i < grads.size(); ++i) {

@@ -21,6 +21,13 @@ void check_params(const char* op, TensorList params);
 void check_like_params(const char* op, TensorList params, TensorList others, const char* name,
                        std::optional<at::ScalarType> dtype = std::nullopt);
 
+// A state list of the any-precision optimizers: like params except the dtype,
+// which is one of float32, bfloat16 and float16 and the same for all tensors.
+void check_state_list(const char* op, TensorList params, TensorList states, const char* name);
+
+// params restricted to float32, bfloat16 and float16 (no float64).
+void check_16_or_32_bit_params(const char* op, TensorList params);
+
 // grads: like params, and not sparse (with a clear message for sparse grads).
 void check_grads(const char* op, TensorList params, TensorList grads);
 

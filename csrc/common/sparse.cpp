@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "common/adamw_checks.h"
+#include "common/anyprecision_checks.h"
 
 namespace pytrainer {
 namespace {
@@ -19,9 +20,27 @@ void adamw_sparse(at::TensorList params, at::TensorList grads, at::TensorList ex
   TORCH_CHECK(false, "pytrainer::adamw_: sparse tensors are not supported");
 }
 
+void anyprecision_sparse(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                         at::TensorList exp_avg_sqs, at::TensorList compensations,
+                         at::TensorList state_steps, at::IntArrayRef rounding_ids, double,
+                         const std::optional<at::Tensor>& lr_tensor, double, double, double,
+                         double, int64_t rounding, int64_t,
+                         const std::optional<at::Tensor>& grad_scale,
+                         const std::optional<at::Tensor>& found_inf, bool) {
+  check_anyprecision_args(params, grads, exp_avgs, exp_avg_sqs, compensations, state_steps,
+                          rounding_ids, rounding, lr_tensor, grad_scale, found_inf);
+  TORCH_CHECK(false, "pytrainer::anyprecision_adamw_: sparse tensors are not supported");
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pytrainer, SparseCPU, m) { m.impl("adamw_", &adamw_sparse); }
-TORCH_LIBRARY_IMPL(pytrainer, SparseCUDA, m) { m.impl("adamw_", &adamw_sparse); }
+TORCH_LIBRARY_IMPL(pytrainer, SparseCPU, m) {
+  m.impl("adamw_", &adamw_sparse);
+  m.impl("anyprecision_adamw_", &anyprecision_sparse);
+}
+TORCH_LIBRARY_IMPL(pytrainer, SparseCUDA, m) {
+  m.impl("adamw_", &adamw_sparse);
+  m.impl("anyprecision_adamw_", &anyprecision_sparse);
+}
 
 }  // namespace pytrainer

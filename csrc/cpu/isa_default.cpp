@@ -5,12 +5,14 @@
 namespace pytrainer::cpu::portable {
 #include "cpu/simd.h"
 #include "cpu/adamw_kernel.h"
+#include "cpu/anyprecision_kernel.h"
 
 static IsaKernels make_table() {
   IsaKernels k{};
   k.name = "DEFAULT";
   k.width = VecF::width;
   fill_adamw_table(k);
+  fill_anyprecision_table(k);
   return k;
 }
 }  // namespace pytrainer::cpu::portable

@@ -24,10 +24,23 @@ struct AdamWTask {
   bool write_back_grad;    // store the unscaled grad (GradScaler parity with torch)
 };
 
+struct AnyPrecisionTask {
+  void* param;
+  void* grad;
+  void* exp_avg;
+  void* exp_avg_sq;
+  void* compensation;      // null unless Kahan
+  const void* coeffs;      // AnyPrecisionCoeffs
+  Dt momentum_dt, variance_dt, compensation_dt;
+  uint32_t rounding_key;   // stochastic rounding: this tensor at this step
+  bool write_back_grad;
+};
+
 struct IsaKernels {
   const char* name;
   int width;               // float lanes per vector
   RangeFn adamw[kNumDt][2];  // [param dtype][amsgrad]
+  RangeFn anyprecision[kNumDt][3];  // [param dtype (not float64)][AnyPrecisionRounding]
 };
 
 const IsaKernels& isa_default();

@@ -20,4 +20,6 @@
 #include <c10/util/Half.h>
 
 #include "common/adamw_coeffs.h"
+#include "common/anyprecision_coeffs.h"
+#include "common/rounding.h"
 #include "cpu/kernel_table.h"

@@ -16,6 +16,28 @@ inline void sstore(double* p, double x) { *p = x; }
 inline void sstore(c10::Half* p, float x) { *p = c10::Half(x); }
 inline void sstore(c10::BFloat16* p, float x) { *p = c10::BFloat16(x); }
 
+// Scalar float rounded to a storage dtype (as float), loads and stores by dtype.
+inline float sround(float x, Dt dt) {
+  if (dt == kBF16) return bf16_round_nearest(x);
+  if (dt == kF16) return static_cast<float>(c10::Half(x));
+  return x;
+}
+inline float sload_any(const void* base, Dt dt, int64_t i) {
+  if (dt == kBF16) return sload(static_cast<const c10::BFloat16*>(base) + i);
+  if (dt == kF16) return sload(static_cast<const c10::Half*>(base) + i);
+  return sload(static_cast<const float*>(base) + i);
+}
+inline void sstore_any(void* base, Dt dt, int64_t i, float x) {
+  if (dt == kBF16) return sstore(static_cast<c10::BFloat16*>(base) + i, x);
+  if (dt == kF16) return sstore(static_cast<c10::Half*>(base) + i, x);
+  sstore(static_cast<float*>(base) + i, x);
+}
+inline float sround_stochastic(float x, Dt dt, uint32_t random) {
+  if (dt == kBF16) return bf16_round_stochastic(x, random);
+  if (dt == kF16) return f16_round_stochastic(x, random);
+  return x;
+}
+
 #if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
 inline float vfma(float a, float b, float c) { return std::fma(a, b, c); }
 inline double vfma(double a, double b, double c) { return std::fma(a, b, c); }
@@ -82,6 +104,50 @@ inline void vstore(c10::BFloat16* p, VecF x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
 }
 
+inline VecF vround_bf16(VecF x) {
+  const __m512i u = _mm512_castps_si512(x.v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_and_si512(
+      _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))),
+      _mm512_set1_epi32(static_cast<int>(0xffff0000U)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q);
+  return _mm512_mask_blend_ps(nan, _mm512_castsi512_ps(r), x.v);
+}
+inline VecF vround_f16(VecF x) {
+  return _mm512_cvtph_ps(_mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// 32 random bits per lane: rounding_bits(key, i + lane) of anyprecision_coeffs.h.
+inline __m512i vhash32(__m512i x) {
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x7feb352d));
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(static_cast<int>(0x846ca68bU)));
+  return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+}
+// i is a multiple of the width, so all lanes share the index's high half.
+inline __m512i vrounding_bits(uint32_t key, int64_t i) {
+  const __m512i lanes = _mm512_add_epi32(
+      _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(i))),
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  const __m512i h = vhash32(_mm512_xor_si512(lanes, _mm512_set1_epi32(static_cast<int>(key))));
+  return vhash32(_mm512_xor_si512(
+      h, _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(i >> 32)))));
+}
+inline VecF vround_stochastic_bf16(VecF x, __m512i random) {
+  const __m512i u = _mm512_add_epi32(_mm512_castps_si512(x.v),
+                                     _mm512_and_si512(random, _mm512_set1_epi32(0xffff)));
+  const __m512i r = _mm512_and_si512(u, _mm512_set1_epi32(static_cast<int>(0xffff0000U)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q);
+  return _mm512_mask_blend_ps(nan, _mm512_castsi512_ps(r), x.v);
+}
+using VecU = __m512i;
+inline uint32_t lane_bits(const VecU& r, int k) {
+  alignas(64) uint32_t tmp[16];
+  _mm512_store_si512(reinterpret_cast<__m512i*>(tmp), r);
+  return tmp[k];
+}
+
 // ---------------------------------------------------------------- AVX2
 #elif defined(PT_ISA_AVX2)
 struct VecF {
@@ -129,6 +195,48 @@ inline void vstore(c10::BFloat16* p, VecF x) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
 
+inline VecF vround_bf16(VecF x) {
+  const __m256i u = _mm256_castps_si256(x.v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_and_si256(
+      _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))),
+      _mm256_set1_epi32(static_cast<int>(0xffff0000U)));
+  const __m256 nan = _mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q);
+  return _mm256_blendv_ps(_mm256_castsi256_ps(r), x.v, nan);
+}
+inline VecF vround_f16(VecF x) {
+  return _mm256_cvtph_ps(_mm256_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+inline __m256i vhash32(__m256i x) {
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(0x7feb352d));
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(static_cast<int>(0x846ca68bU)));
+  return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+}
+inline __m256i vrounding_bits(uint32_t key, int64_t i) {
+  const __m256i lanes =
+      _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(i))),
+                       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256i h = vhash32(_mm256_xor_si256(lanes, _mm256_set1_epi32(static_cast<int>(key))));
+  return vhash32(_mm256_xor_si256(
+      h, _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(i >> 32)))));
+}
+inline VecF vround_stochastic_bf16(VecF x, __m256i random) {
+  const __m256i u = _mm256_add_epi32(_mm256_castps_si256(x.v),
+                                     _mm256_and_si256(random, _mm256_set1_epi32(0xffff)));
+  const __m256i r = _mm256_and_si256(u, _mm256_set1_epi32(static_cast<int>(0xffff0000U)));
+  const __m256 nan = _mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q);
+  return _mm256_blendv_ps(_mm256_castsi256_ps(r), x.v, nan);
+}
+using VecU = __m256i;
+inline uint32_t lane_bits(const VecU& r, int k) {
+  alignas(32) uint32_t tmp[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), r);
+  return tmp[k];
+}
+
 // ---------------------------------------------------------------- portable
 #else
 // One lane: the loops below become the scalar loop the compiler may vectorise
@@ -151,4 +259,45 @@ template <class T>
 inline VecF vload(const T* p) { return VecF(sload(p)); }
 template <class T>
 inline void vstore(T* p, VecF x) { sstore(p, x.v); }
+inline VecF vround_bf16(VecF x) { return VecF(bf16_round_nearest(x.v)); }
+inline VecF vround_f16(VecF x) { return VecF(sround(x.v, kF16)); }
+using VecU = uint32_t;
+inline VecU vrounding_bits(uint32_t key, int64_t i) { return rounding_bits(key, i); }
+inline VecF vround_stochastic_bf16(VecF x, VecU random) {
+  return VecF(bf16_round_stochastic(x.v, random));
+}
+inline uint32_t lane_bits(const VecU& r, int) { return r; }
 #endif
+
+// ---------------------------------------------------------------- any dtype
+// Vectors of a storage dtype known only at run time (the any-precision states).
+inline VecF vload_any(const void* base, Dt dt, int64_t i) {
+  if (dt == kBF16) return vload(static_cast<const c10::BFloat16*>(base) + i);
+  if (dt == kF16) return vload(static_cast<const c10::Half*>(base) + i);
+  return vload(static_cast<const float*>(base) + i);
+}
+inline void vstore_any(void* base, Dt dt, int64_t i, VecF x) {
+  if (dt == kBF16) return vstore(static_cast<c10::BFloat16*>(base) + i, x);
+  if (dt == kF16) return vstore(static_cast<c10::Half*>(base) + i, x);
+  vstore(static_cast<float*>(base) + i, x);
+}
+inline VecF vround(VecF x, Dt dt) {
+  if (dt == kBF16) return vround_bf16(x);
+  if (dt == kF16) return vround_f16(x);
+  return x;
+}
+// Stochastic rounding of a vector whose lanes are elements i.. of a tensor.
+inline VecF vround_stochastic(VecF x, Dt dt, uint32_t key, int64_t i) {
+  if (dt == kF32) return x;
+  const VecU random = vrounding_bits(key, i);
+  if (dt == kBF16) return vround_stochastic_bf16(x, random);
+  // float16: lane by lane (rare; the bfloat16 path is the vectorised one)
+  alignas(64) float lanes[VecF::width];
+  std::memcpy(lanes, &x, sizeof(lanes));
+  for (int k = 0; k < VecF::width; ++k) {
+    lanes[k] = f16_round_stochastic(lanes[k], lane_bits(random, k));
+  }
+  VecF out;
+  std::memcpy(&out, lanes, sizeof(lanes));
+  return out;
+}

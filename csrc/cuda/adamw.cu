@@ -84,7 +84,7 @@ struct AdamWFunctor {
       v[i] = from_math<T>(vv);
       if constexpr (AMSGRAD) vmax[i] = from_math<T>(xv);
     };
-    for_each_in_chunk<T, ILP>(aligned, begin, end, packs, one);
+    for_each_in_chunk<N, ILP>(aligned, begin, end, packs, one);
   }
 };
 

@@ -30,13 +30,14 @@ cudaError_t launch_multi_tensor(const DeviceTable& table, const Functor& functor
   return cudaGetLastError();
 }
 
-// Walks [begin, end) of a chunk: 16-byte packs with `ILP` packs in flight per
-// thread when every pointer is 16-byte aligned, then element by element for the
-// rest. `pack(i)` handles kPack<T> elements from i; `one(i)` one element.
-template <class T, int ILP, class PackFn, class OneFn>
+// Walks [begin, end) of a chunk: packs of N elements (16-byte accesses), ILP
+// packs in flight per thread, when every pointer is 16-byte aligned; then element
+// by element for the rest. `pack(base, stride, vec_end)` handles the packs at
+// base + k*stride (k < ILP) below vec_end; `one(i)` handles element i.
+// Chunks start at multiples of kChunkSize, so alignment holds chunk by chunk.
+template <int N, int ILP, class PackFn, class OneFn>
 PT_DEVICE void for_each_in_chunk(bool aligned, int64_t begin, int64_t end, PackFn&& pack,
                                  OneFn&& one) {
-  constexpr int N = kPack<T>;
   int64_t tail = begin;
   if (aligned) {
     const int64_t vec_end = begin + (end - begin) / N * N;

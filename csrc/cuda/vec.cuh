@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "common/macros.h"
+#include "cuda/table.h"
 
 namespace pytrainer::cuda {
 
@@ -56,6 +57,55 @@ PT_DEVICE void store_pack(T* dst, const MathT<T> (&in)[kPack<T>]) {
 #pragma unroll
   for (int k = 0; k < kPack<T>; ++k) u.elem[k] = from_math<T>(in[k]);
   *reinterpret_cast<uint4*>(dst) = u.raw;
+}
+
+// ------------------------------------------------ storage dtype known at run time
+// Eight elements of a tensor whose dtype is a launch argument (the any-precision
+// states): one 16-byte access for 16-bit types, two for float32.
+PT_DEVICE float round_to(float x, Dtype dt) {
+  if (dt == Dtype::BF16) return __bfloat162float(__float2bfloat16_rn(x));
+  if (dt == Dtype::F16) return __half2float(__float2half_rn(x));
+  return x;
+}
+
+PT_DEVICE float load_one(const void* base, Dtype dt, int64_t i) {
+  if (dt == Dtype::BF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
+  if (dt == Dtype::F16) return __half2float(static_cast<const __half*>(base)[i]);
+  return static_cast<const float*>(base)[i];
+}
+
+PT_DEVICE void store_one(void* base, Dtype dt, int64_t i, float x) {
+  if (dt == Dtype::BF16) {
+    static_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16_rn(x);
+  } else if (dt == Dtype::F16) {
+    static_cast<__half*>(base)[i] = __float2half_rn(x);
+  } else {
+    static_cast<float*>(base)[i] = x;
+  }
+}
+
+PT_DEVICE void load8(const void* base, Dtype dt, int64_t i, float (&out)[8]) {
+  if (dt == Dtype::BF16) {
+    load_pack(static_cast<const __nv_bfloat16*>(base) + i, out);
+  } else if (dt == Dtype::F16) {
+    load_pack(static_cast<const __half*>(base) + i, out);
+  } else {
+    const float* f = static_cast<const float*>(base) + i;
+    load_pack(f, reinterpret_cast<float(&)[4]>(out[0]));
+    load_pack(f + 4, reinterpret_cast<float(&)[4]>(out[4]));
+  }
+}
+
+PT_DEVICE void store8(void* base, Dtype dt, int64_t i, const float (&in)[8]) {
+  if (dt == Dtype::BF16) {
+    store_pack(static_cast<__nv_bfloat16*>(base) + i, in);
+  } else if (dt == Dtype::F16) {
+    store_pack(static_cast<__half*>(base) + i, in);
+  } else {
+    float* f = static_cast<float*>(base) + i;
+    store_pack(f, reinterpret_cast<const float(&)[4]>(in[0]));
+    store_pack(f + 4, reinterpret_cast<const float(&)[4]>(in[4]));
+  }
 }
 
 PT_DEVICE bool aligned16(const void* p) {

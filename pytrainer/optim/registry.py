@@ -138,7 +138,52 @@ register_optimizer("adamw_torch_fused", _build_adamw_torch_fused, "torch.optim.A
 register_optimizer("adamw_apex_fused", _build_adamw_apex_fused,
                    "NVIDIA apex FusedAdam (needs apex)")
 
-# --- pending optimizers: replaced when issues 5 and 6 land -------------------
-register_pending("adamw_anyprecision", "pytrainer.optim.AnyPrecisionAdamW (issue 5) has not landed")
+
+_TRUE, _FALSE = ("y", "yes", "t", "true", "on", "1"), ("n", "no", "f", "false", "off", "0")
+
+
+def _str_to_bool(key: str, value: str) -> bool:
+    """Hugging Face's strtobool."""
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ValueError(f"optim_args {key}={value!r} is not a boolean; use true/false (or "
+                     f"yes/no, 1/0)")
+
+
+def _build_adamw_anyprecision(groups, config: OptimizerConfig):
+    """Hugging Face's wiring of torchdistx's optimizer: optim_args keys
+    use_kahan_summation, momentum_dtype, variance_dtype, compensation_buffer_dtype
+    with its defaults (False, float32, float32, bfloat16), plus pytrainer's
+    rounding (nearest|stochastic) and seed."""
+    from pytrainer.optim.anyprecision import AnyPrecisionAdamW, resolve_state_dtype
+    defaults = dict(use_kahan_summation="False", momentum_dtype="float32",
+                    variance_dtype="float32", compensation_buffer_dtype="bfloat16",
+                    rounding="nearest", seed="0")
+    unknown = sorted(set(config.optim_args) - set(defaults))
+    if unknown:
+        raise ValueError(f"optim_args key(s) {', '.join(unknown)} not valid for "
+                         f"adamw_anyprecision; valid keys: {', '.join(defaults)}")
+    args = {**defaults, **config.optim_args}
+    try:
+        seed = int(args["seed"])
+    except ValueError:
+        raise ValueError(f"optim_args seed={args['seed']!r} is not an integer") from None
+    return AnyPrecisionAdamW(
+        groups, lr=config.lr, betas=config.betas, eps=config.eps,
+        use_kahan_summation=_str_to_bool("use_kahan_summation", args["use_kahan_summation"]),
+        momentum_dtype=resolve_state_dtype("momentum_dtype", args["momentum_dtype"]),
+        variance_dtype=resolve_state_dtype("variance_dtype", args["variance_dtype"]),
+        compensation_buffer_dtype=resolve_state_dtype("compensation_buffer_dtype",
+                                                      args["compensation_buffer_dtype"]),
+        rounding=args["rounding"], seed=seed)
+
+
+register_optimizer("adamw_anyprecision", _build_adamw_anyprecision,
+                   "pytrainer.optim.AnyPrecisionAdamW: AdamW with 16-bit states, Kahan "
+                   "summation or stochastic rounding, fused CPU/CUDA kernels")
+
+# --- pending optimizers: replaced when issue 6 lands -------------------------
 register_pending("adafactor", "pytrainer.optim.Adafactor (issue 6) has not landed")
-# --- end of pending optimizers ------------------------------------------------
+# --- end of pending optimizers -----------------------------------------------

@@ -1,0 +1,167 @@
+"""AnyPrecisionAdamW: AdamW with each state in a dtype of the user's choosing,
+Kahan-compensated or stochastically rounded updates, in one fused kernel call
+per parameter group."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pytrainer import ops
+from pytrainer._suggest import invalid_choice_message
+from pytrainer.optim._base import KernelOptimizer
+from pytrainer.optim._validation import check_betas, check_eps, check_lr, check_weight_decay
+
+__all__ = ["AnyPrecisionAdamW", "STATE_DTYPES", "resolve_state_dtype"]
+
+#: the dtypes momentum, variance and the compensation buffer may have
+STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ROUNDINGS = ("nearest", "stochastic")
+# the op's `rounding` argument
+_NEAREST, _KAHAN, _STOCHASTIC = 0, 1, 2
+
+
+def resolve_state_dtype(name: str, value: Any) -> torch.dtype:
+    """A state dtype given as a torch.dtype or its name (``"bfloat16"``, ``"torch.bfloat16"``)."""
+    if isinstance(value, torch.dtype):
+        if value in STATE_DTYPES.values():
+            return value
+        value = str(value)
+    if isinstance(value, str):
+        key = value.strip().removeprefix("torch.")
+        if key in STATE_DTYPES:
+            return STATE_DTYPES[key]
+    raise ValueError(invalid_choice_message(name, value, STATE_DTYPES))
+
+
+class AnyPrecisionAdamW(KernelOptimizer):
+    r"""AdamW whose states live in the dtypes you choose, as torchdistx's
+    AnyPrecisionAdamW, fused into one kernel call per parameter group.
+
+    Per parameter, with :math:`t` the step count after this step, in float32 with
+    each stored value rounded once to its dtype::
+
+        p = p * (1 - lr*weight_decay)                  # when weight_decay != 0
+        m = beta1*m + (1-beta1)*g                      # stored in momentum_dtype
+        v = beta2*v + (1-beta2)*g*g                    # stored in variance_dtype
+        u = -(lr/(1-beta1^t)) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)
+        p = p + u                                      # plain
+        c = c + u; y = p; p = p + c; c = c + (y - p)   # use_kahan_summation
+
+    With 16-bit parameters a plain update below half a unit in the last place of
+    the weight is lost; the Kahan buffer ``c`` (in ``compensation_buffer_dtype``)
+    keeps what rounding dropped and adds it back on later steps. As an alternative,
+    ``rounding="stochastic"`` rounds the new 16-bit weight up or down at random with
+    the probabilities that make it exact on average, from a counter-based random
+    stream keyed by ``seed``, the parameter's position in the optimizer and the
+    step: the same result on every run (and on CPU and CUDA) for the same seed.
+
+    Parameters may be float32, bfloat16 or float16. State keys: ``step``,
+    ``exp_avg``, ``exp_avg_sq`` and, with Kahan summation, ``compensation``.
+    """
+
+    _op_name = "anyprecision_adamw_"
+    _param_dtypes = (torch.float32, torch.bfloat16, torch.float16)
+
+    def __init__(self, params, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, use_kahan_summation: bool = False,
+                 momentum_dtype: torch.dtype | str = torch.float32,
+                 variance_dtype: torch.dtype | str = torch.bfloat16,
+                 compensation_buffer_dtype: torch.dtype | str = torch.bfloat16, *,
+                 rounding: str = "nearest", seed: int = 0) -> None:
+        check_lr(lr)
+        check_eps("eps", eps)
+        check_betas(betas)
+        check_weight_decay(weight_decay)
+        if not isinstance(use_kahan_summation, bool):
+            raise ValueError(f"use_kahan_summation must be True or False, got "
+                             f"{use_kahan_summation!r}")
+        if rounding not in ROUNDINGS:
+            raise ValueError(invalid_choice_message("rounding", rounding, ROUNDINGS))
+        if use_kahan_summation and rounding == "stochastic":
+            raise ValueError("use_kahan_summation=True and rounding='stochastic' are alternative "
+                             "ways to keep small updates; choose one")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                        use_kahan_summation=use_kahan_summation,
+                        momentum_dtype=resolve_state_dtype("momentum_dtype", momentum_dtype),
+                        variance_dtype=resolve_state_dtype("variance_dtype", variance_dtype),
+                        compensation_buffer_dtype=resolve_state_dtype(
+                            "compensation_buffer_dtype", compensation_buffer_dtype),
+                        rounding=rounding, seed=seed)
+        super().__init__(params, defaults)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # torch.optim casts every floating state to the parameter's dtype, which
+        # would round a float32 momentum of bfloat16 weights: recast the saved
+        # tensors to the configured state dtypes instead.
+        saved = state_dict["state"]
+        saved_ids = [group["params"] for group in state_dict["param_groups"]]
+        super().load_state_dict(state_dict)
+        for group, ids in zip(self.param_groups, saved_ids):
+            dtypes = {"exp_avg": group["momentum_dtype"], "exp_avg_sq": group["variance_dtype"],
+                      "compensation": group["compensation_buffer_dtype"]}
+            for p, pid in zip(group["params"], ids):
+                for key, tensor in saved.get(pid, {}).items():
+                    if key in dtypes and isinstance(tensor, Tensor):
+                        self.state[p][key] = tensor.to(device=p.device, dtype=dtypes[key])
+
+    def _init_group(self, group: dict[str, Any], first_id: int):
+        params, grads, exp_avgs, exp_avg_sqs, compensations, steps, ids = [], [], [], [], [], [], []
+        kahan = group["use_kahan_summation"]
+        m_dtype, v_dtype = group["momentum_dtype"], group["variance_dtype"]
+        for index, p in enumerate(group["params"], start=first_id):
+            grad = p.grad
+            if grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, dtype=m_dtype,
+                                                    memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=v_dtype,
+                                                       memory_format=torch.preserve_format)
+            if kahan:
+                if "compensation" not in state:
+                    state["compensation"] = torch.zeros_like(
+                        p, dtype=group["compensation_buffer_dtype"],
+                        memory_format=torch.preserve_format)
+                compensations.append(state["compensation"])
+            params.append(p)
+            grads.append(grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+            ids.append(index)
+        return params, grads, exp_avgs, exp_avg_sqs, compensations, steps, ids
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Performs one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        first_id = 0
+        for group in self.param_groups:
+            params, grads, exp_avgs, exp_avg_sqs, compensations, steps, ids = \
+                self._init_group(group, first_id)
+            first_id += len(group["params"])
+            if not params:
+                continue
+            device = params[0].device
+            self._check_kernels(device)
+            grad_scale, found_inf = self._amp_tensors(device)
+            lr, lr_tensor = self._lr_args(group["lr"])
+            beta1, beta2 = group["betas"]
+            rounding = (_KAHAN if group["use_kahan_summation"] else
+                        _STOCHASTIC if group["rounding"] == "stochastic" else _NEAREST)
+            # torch.ops.pytrainer.anyprecision_adamw_, through its typed entry
+            ops.kernels.anyprecision_adamw_(
+                params, grads, exp_avgs, exp_avg_sqs, compensations, steps,
+                ids if rounding == _STOCHASTIC else [], lr, lr_tensor, float(beta1),
+                float(beta2), float(group["weight_decay"]), float(group["eps"]), rounding,
+                int(group["seed"]), grad_scale, found_inf, True)
+        return loss
