@@ -1,6 +1,6 @@
 // The operator schemas of pytrainer (one TORCH_LIBRARY block) and the Python
 // module pytrainer._C. Importing the module registers the ops; each device
-// registers its kernels in its own files (cpu/*.cpp, cuda/register.cpp).
+// registers its kernels in its own files (cpu/<op>.cpp, cuda/<op>_cuda.cpp).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/extension.h>
 
@@ -26,6 +26,17 @@ TORCH_LIBRARY(pytrainer, m) {
       "int[] rounding_ids, *, float lr, Tensor? lr_tensor, float beta1, float beta2, "
       "float weight_decay, float eps, int rounding, int seed, Tensor? grad_scale=None, "
       "Tensor? found_inf=None, bool write_back_grads=False) -> ()");
+  // transformers' Adafactor: a parameter with 2+ dims keeps row and column
+  // states of its last two dims (row_states[i]: shape[:-1], col_states[i]:
+  // shape[:-2] + shape[-1:]); others keep a full state in row_states[i] and an
+  // empty col_states[i]. exp_avgs is empty without beta1. States are float32.
+  m.def(
+      "adafactor_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
+      "Tensor(d!)[] row_states, Tensor(e!)[] col_states, Tensor(f!)[] state_steps, *, "
+      "float lr, Tensor? lr_tensor, float eps1, float eps2, float clip_threshold, "
+      "float decay_rate, float? beta1, float weight_decay, bool scale_parameter, "
+      "bool relative_step, bool warmup_init, Tensor? grad_scale=None, Tensor? found_inf=None, "
+      "bool write_back_grads=False) -> ()");
 }
 
 namespace {
@@ -82,6 +93,27 @@ void anyprecision_adamw_entry(pybind11::handle params, pybind11::handle grads,
           write_back_grads);
 }
 
+void adafactor_entry(pybind11::handle params, pybind11::handle grads, pybind11::handle exp_avgs,
+                     pybind11::handle row_states, pybind11::handle col_states,
+                     pybind11::handle state_steps, double lr, const OptTensor& lr_tensor,
+                     double eps1, double eps2, double clip_threshold, double decay_rate,
+                     std::optional<double> beta1, double weight_decay, bool scale_parameter,
+                     bool relative_step, bool warmup_init, const OptTensor& grad_scale,
+                     const OptTensor& found_inf, bool write_back_grads) {
+  static const auto op =
+      typed_op<void(at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+                    at::TensorList, at::TensorList, double, const OptTensor&, double, double,
+                    double, double, std::optional<double>, double, bool, bool, bool,
+                    const OptTensor&, const OptTensor&, bool)>("pytrainer::adafactor_");
+  const pytrainer::BorrowedTensorList p(params, "params"), g(grads, "grads"),
+      m(exp_avgs, "exp_avgs"), r(row_states, "row_states"), c(col_states, "col_states"),
+      s(state_steps, "state_steps");
+  pybind11::gil_scoped_release no_gil;
+  op.call(p.list(), g.list(), m.list(), r.list(), c.list(), s.list(), lr, lr_tensor, eps1, eps2,
+          clip_threshold, decay_rate, beta1, weight_decay, scale_parameter, relative_step,
+          warmup_init, grad_scale, found_inf, write_back_grads);
+}
+
 }  // namespace
 
 // The ops update optimizer state under torch.no_grad(): autograd has nothing to
@@ -89,6 +121,7 @@ void anyprecision_adamw_entry(pybind11::handle params, pybind11::handle grads,
 TORCH_LIBRARY_IMPL(pytrainer, Autograd, m) {
   m.impl("adamw_", torch::CppFunction::makeFallthrough());
   m.impl("anyprecision_adamw_", torch::CppFunction::makeFallthrough());
+  m.impl("adafactor_", torch::CppFunction::makeFallthrough());
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -103,6 +136,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("adamw_", &adamw_entry, "torch.ops.pytrainer.adamw_ (positional arguments)");
   m.def("anyprecision_adamw_", &anyprecision_adamw_entry,
         "torch.ops.pytrainer.anyprecision_adamw_ (positional arguments)");
+  m.def("adafactor_", &adafactor_entry, "torch.ops.pytrainer.adafactor_ (positional arguments)");
   m.def("cpu_isa", []() { return std::string(pytrainer::cpu::kernels().name); },
         "The CPU instruction set the kernels use.");
   m.def("set_cpu_isa", &pytrainer::cpu::set_isa, pybind11::arg("name"),

@@ -9,8 +9,10 @@
 #else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
-// GCC 12 reports its own AVX-512 conversion intrinsics as maybe-uninitialized.
+// GCC 12 reports its own AVX-512 intrinsics (conversions, reductions) as
+// (maybe-)uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #define PT_ISA_AVX2 1
 
@@ -18,6 +20,7 @@ namespace pytrainer::cpu::avx2 {
 #include "cpu/simd.h"
 #include "cpu/adamw_kernel.h"
 #include "cpu/anyprecision_kernel.h"
+#include "cpu/adafactor_kernel.h"
 
 static IsaKernels make_table() {
   IsaKernels k{};
@@ -25,6 +28,7 @@ static IsaKernels make_table() {
   k.width = VecF::width;
   fill_adamw_table(k);
   fill_anyprecision_table(k);
+  fill_adafactor_table(k);
   return k;
 }
 }  // namespace pytrainer::cpu::avx2

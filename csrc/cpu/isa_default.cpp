@@ -6,6 +6,7 @@ namespace pytrainer::cpu::portable {
 #include "cpu/simd.h"
 #include "cpu/adamw_kernel.h"
 #include "cpu/anyprecision_kernel.h"
+#include "cpu/adafactor_kernel.h"
 
 static IsaKernels make_table() {
   IsaKernels k{};
@@ -13,6 +14,7 @@ static IsaKernels make_table() {
   k.width = VecF::width;
   fill_adamw_table(k);
   fill_anyprecision_table(k);
+  fill_adafactor_table(k);
   return k;
 }
 }  // namespace pytrainer::cpu::portable

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "common/adafactor_layout.h"
+
 namespace pytrainer::cpu {
 
 // Storage dtypes the kernels are instantiated for, in table order.
@@ -36,11 +38,35 @@ struct AnyPrecisionTask {
   bool write_back_grad;
 };
 
+// One Adafactor step as the CPU passes see it.
+struct AdafactorCpuStep {
+  AdafactorWork work;
+  const float* beta2;     // per tensor: this step's beta2 and 1 - beta2 (at 2*index)
+  float grad_mult;
+  float eps1;
+  float beta1;            // with first_moment
+  float weight_decay;
+  bool first_moment;
+  bool write_back_grad;
+};
+
+// Processes unit `unit` (counted within the tensor) of tensor `e` in one pass.
+using AdafactorUnitFn = void (*)(const AdafactorEntry& e, const AdafactorCpuStep& s,
+                                 int64_t unit);
+
+struct AdafactorKernels {
+  AdafactorUnitFn tile_sums;     // pass 1, factored: row/column sums of g^2, sum of p^2
+  AdafactorUnitFn vector_sums;   // pass 1, not factored: state update, sums of U^2 and p^2
+  AdafactorUnitFn tile_norm;     // pass 2, factored: sum of U^2
+  AdafactorUnitFn update;        // pass 3, either kind
+};
+
 struct IsaKernels {
   const char* name;
   int width;               // float lanes per vector
   RangeFn adamw[kNumDt][2];  // [param dtype][amsgrad]
   RangeFn anyprecision[kNumDt][3];  // [param dtype (not float64)][AnyPrecisionRounding]
+  AdafactorKernels adafactor[kNumDt];  // [param dtype (not float64)]
 };
 
 const IsaKernels& isa_default();

@@ -104,6 +104,9 @@ inline void vstore(c10::BFloat16* p, VecF x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
 }
 
+// Sum of the lanes, always in the same order.
+inline float hsum(VecF x) { return _mm512_reduce_add_ps(x.v); }
+
 inline VecF vround_bf16(VecF x) {
   const __m512i u = _mm512_castps_si512(x.v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
@@ -195,6 +198,12 @@ inline void vstore(c10::BFloat16* p, VecF x) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
 
+inline float hsum(VecF x) {
+  const __m128 quad = _mm_add_ps(_mm256_castps256_ps128(x.v), _mm256_extractf128_ps(x.v, 1));
+  const __m128 pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+  return _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
+}
+
 inline VecF vround_bf16(VecF x) {
   const __m256i u = _mm256_castps_si256(x.v);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
@@ -259,6 +268,7 @@ template <class T>
 inline VecF vload(const T* p) { return VecF(sload(p)); }
 template <class T>
 inline void vstore(T* p, VecF x) { sstore(p, x.v); }
+inline float hsum(VecF x) { return x.v; }
 inline VecF vround_bf16(VecF x) { return VecF(bf16_round_nearest(x.v)); }
 inline VecF vround_f16(VecF x) { return VecF(sround(x.v, kF16)); }
 using VecU = uint32_t;

@@ -9,6 +9,7 @@
 
 #include "common/adamw_checks.h"
 #include "cuda/launch.h"
+#include "cuda/step_scalars.h"
 #include "cuda/tensor_table.h"
 
 namespace pytrainer::cuda {
@@ -26,20 +27,7 @@ void adamw_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
 
-  // A CPU lr is a host value; a device lr is read by the kernel (no sync).
-  at::Tensor lr_dev;
-  if (lr_tensor.has_value() && lr_tensor->defined()) {
-    if (lr_tensor->is_cpu()) {
-      lr = lr_tensor->item<double>();
-    } else {
-      lr_dev = float_scalar_on(lr_tensor, device);
-    }
-  }
-  const at::Tensor scale_dev = float_scalar_on(grad_scale, device);
-  const at::Tensor inf_dev = float_scalar_on(found_inf, device);
-  const StepScalars scalars{lr_dev.defined() ? lr_dev.data_ptr<float>() : nullptr,
-                            scale_dev.defined() ? scale_dev.data_ptr<float>() : nullptr,
-                            inf_dev.defined() ? inf_dev.data_ptr<float>() : nullptr};
+  const DeviceScalars ds = device_scalars(lr, lr_tensor, grad_scale, found_inf, device);
   const AdamWHyper hyper{beta1, beta2, weight_decay, eps, maximize};
 
   for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble}) {
@@ -57,10 +45,10 @@ void adamw_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_
       entries.push_back(e);
     }
     if (entries.empty()) continue;
-    const DeviceTable table = device_table(entries, device);
-    C10_CUDA_CHECK(launch_adamw(dtype_of(dtype), amsgrad, table, hyper, lr, scalars,
+    const TableHandle table = device_table(entries, device);
+    C10_CUDA_CHECK(launch_adamw(dtype_of(dtype), amsgrad, table.table, hyper, ds.lr, ds.scalars,
                                 write_back_grads, stream));
-    C10_CUDA_CHECK(launch_increment_steps(table, scalars.found_inf, stream));
+    C10_CUDA_CHECK(launch_increment_steps(table.table, ds.scalars.found_inf, stream));
   }
 }
 

@@ -38,11 +38,10 @@ struct AnyPrecisionFunctor {
     __shared__ AnyPrecisionCoeffs shared;
     __shared__ uint32_t key;
     if (threadIdx.x == 0) {
-      const double lr_now = scalars.lr != nullptr ? static_cast<double>(*scalars.lr) : lr;
       const double grad_mult =
           scalars.grad_scale != nullptr ? 1.0 / static_cast<double>(*scalars.grad_scale) : 1.0;
       const float step = *e.step + 1.0f;
-      shared = make_anyprecision_coeffs(hyper, lr_now, step, grad_mult);
+      shared = make_anyprecision_coeffs(hyper, lr_value(scalars, lr), step, grad_mult);
       key = rounding_key(seed, static_cast<uint32_t>(e.tag), static_cast<uint32_t>(step));
     }
     __syncthreads();
@@ -82,20 +81,20 @@ struct AnyPrecisionFunctor {
 
     auto packs = [&](int64_t base, int64_t, int64_t) {
       float pr[N], gr[N], mr[N], vr[N], cr[N];
-      load8(p, kParamDtype, base, pr);
-      load8(g, kParamDtype, base, gr);
-      load8(m, m_dt, base, mr);
-      load8(v, v_dt, base, vr);
-      if constexpr (ROUNDING == kRoundKahan) load8(comp, c_dt, base, cr);
+      load8(p, kParamDtype, base, aligned, pr);
+      load8(g, kParamDtype, base, aligned, gr);
+      load8(m, m_dt, base, aligned, mr);
+      load8(v, v_dt, base, aligned, vr);
+      if constexpr (ROUNDING == kRoundKahan) load8(comp, c_dt, base, aligned, cr);
 #pragma unroll
       for (int j = 0; j < N; ++j) gr[j] *= c.grad_mult;
-      if (write_back) store8(g, kParamDtype, base, gr);
+      if (write_back) store8(g, kParamDtype, base, aligned, gr);
 #pragma unroll
       for (int j = 0; j < N; ++j) update(pr[j], gr[j], mr[j], vr[j], cr[j], base + j);
-      store8(p, kParamDtype, base, pr);
-      store8(m, m_dt, base, mr);
-      store8(v, v_dt, base, vr);
-      if constexpr (ROUNDING == kRoundKahan) store8(comp, c_dt, base, cr);
+      store8(p, kParamDtype, base, aligned, pr);
+      store8(m, m_dt, base, aligned, mr);
+      store8(v, v_dt, base, aligned, vr);
+      if constexpr (ROUNDING == kRoundKahan) store8(comp, c_dt, base, aligned, cr);
     };
     auto one = [&](int64_t i) {
       float pv = to_math(p[i]);
@@ -110,7 +109,7 @@ struct AnyPrecisionFunctor {
       store_one(v, v_dt, i, vv);
       if constexpr (ROUNDING == kRoundKahan) store_one(comp, c_dt, i, cv);
     };
-    for_each_in_chunk<N, ILP>(aligned, begin, end, packs, one);
+    for_each_in_chunk<N, ILP>(begin, end, packs, one);
   }
 };
 

@@ -9,6 +9,7 @@
 
 #include "common/anyprecision_checks.h"
 #include "cuda/launch.h"
+#include "cuda/step_scalars.h"
 #include "cuda/tensor_table.h"
 
 namespace pytrainer::cuda {
@@ -27,22 +28,11 @@ void anyprecision_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index());
 
-  at::Tensor lr_dev;
-  if (lr_tensor.has_value() && lr_tensor->defined()) {
-    if (lr_tensor->is_cpu()) {
-      lr = lr_tensor->item<double>();
-    } else {
-      lr_dev = float_scalar_on(lr_tensor, device);
-    }
-  }
-  const at::Tensor scale_dev = float_scalar_on(grad_scale, device);
-  const at::Tensor inf_dev = float_scalar_on(found_inf, device);
+  const DeviceScalars ds = device_scalars(lr, lr_tensor, grad_scale, found_inf, device);
   AnyPrecisionLaunch launch{};
   launch.hyper = AnyPrecisionHyper{beta1, beta2, weight_decay, eps};
-  launch.lr = lr;
-  launch.scalars = StepScalars{lr_dev.defined() ? lr_dev.data_ptr<float>() : nullptr,
-                               scale_dev.defined() ? scale_dev.data_ptr<float>() : nullptr,
-                               inf_dev.defined() ? inf_dev.data_ptr<float>() : nullptr};
+  launch.lr = ds.lr;
+  launch.scalars = ds.scalars;
   launch.write_back_grads = write_back_grads;
   launch.m_dt = dtype_of(exp_avgs[0].scalar_type());
   launch.v_dt = dtype_of(exp_avg_sqs[0].scalar_type());
@@ -67,7 +57,8 @@ void anyprecision_cuda(at::TensorList params, at::TensorList grads, at::TensorLi
       entries.push_back(e);
     }
     if (entries.empty()) continue;
-    launch.table = device_table(entries, device);
+    const TableHandle table = device_table(entries, device);
+    launch.table = table.table;
     C10_CUDA_CHECK(launch_anyprecision(dtype_of(dtype), launch, stream));
     C10_CUDA_CHECK(launch_increment_steps(launch.table, launch.scalars.found_inf, stream));
   }

@@ -30,25 +30,21 @@ cudaError_t launch_multi_tensor(const DeviceTable& table, const Functor& functor
   return cudaGetLastError();
 }
 
-// Walks [begin, end) of a chunk: packs of N elements (16-byte accesses), ILP
-// packs in flight per thread, when every pointer is 16-byte aligned; then element
-// by element for the rest. `pack(base, stride, vec_end)` handles the packs at
+// Walks [begin, end) of a chunk: packs of N elements with ILP packs in flight
+// per thread (16-byte accesses when the tensors are aligned, element accesses
+// otherwise: the pack functions get the flag), then element by element for the
+// last partial pack. `pack(base, stride, vec_end)` handles the packs at
 // base + k*stride (k < ILP) below vec_end; `one(i)` handles element i.
 // Chunks start at multiples of kChunkSize, so alignment holds chunk by chunk.
 template <int N, int ILP, class PackFn, class OneFn>
-PT_DEVICE void for_each_in_chunk(bool aligned, int64_t begin, int64_t end, PackFn&& pack,
-                                 OneFn&& one) {
-  int64_t tail = begin;
-  if (aligned) {
-    const int64_t vec_end = begin + (end - begin) / N * N;
-    const int64_t stride = static_cast<int64_t>(blockDim.x) * N;
-    for (int64_t base = begin + static_cast<int64_t>(threadIdx.x) * N; base < vec_end;
-         base += stride * ILP) {
-      pack(base, stride, vec_end);
-    }
-    tail = vec_end;
+PT_DEVICE void for_each_in_chunk(int64_t begin, int64_t end, PackFn&& pack, OneFn&& one) {
+  const int64_t vec_end = begin + (end - begin) / N * N;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * N;
+  for (int64_t base = begin + static_cast<int64_t>(threadIdx.x) * N; base < vec_end;
+       base += stride * ILP) {
+    pack(base, stride, vec_end);
   }
-  for (int64_t i = tail + threadIdx.x; i < end; i += blockDim.x) one(i);
+  for (int64_t i = vec_end + threadIdx.x; i < end; i += blockDim.x) one(i);
 }
 
 }  // namespace pytrainer::cuda

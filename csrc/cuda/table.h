@@ -13,6 +13,8 @@ constexpr int kMaxTensorsPerEntry = 6;
 // Elements one CUDA block processes: 32K keeps the grid fine-grained (little
 // tail imbalance at the end of a step) while a block's setup stays negligible.
 constexpr int64_t kChunkSize = 32768;
+// Every chunk starts 16-byte aligned for every pack width (up to 8 elements).
+static_assert(kChunkSize % 8 == 0, "chunks must start on a pack boundary");
 
 struct TableEntry {
   void* ptr[kMaxTensorsPerEntry];  // the tensors updated together (param, grad, states...)

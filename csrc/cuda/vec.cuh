@@ -36,6 +36,8 @@ PT_DEVICE __half from_math<__half>(float x) { return __float2half_rn(x); }
 template <>
 PT_DEVICE __nv_bfloat16 from_math<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+PT_DEVICE bool aligned16(const void* p);
+
 // One aligned 16-byte load, widened to the math type.
 template <class T>
 PT_DEVICE void load_pack(const T* src, MathT<T> (&out)[kPack<T>]) {
@@ -61,7 +63,8 @@ PT_DEVICE void store_pack(T* dst, const MathT<T> (&in)[kPack<T>]) {
 
 // ------------------------------------------------ storage dtype known at run time
 // Eight elements of a tensor whose dtype is a launch argument (the any-precision
-// states): one 16-byte access for 16-bit types, two for float32.
+// states): one 16-byte access for 16-bit types, two for float32 (element
+// accesses when the tensors are not 16-byte aligned).
 PT_DEVICE float round_to(float x, Dtype dt) {
   if (dt == Dtype::BF16) return __bfloat162float(__float2bfloat16_rn(x));
   if (dt == Dtype::F16) return __half2float(__float2half_rn(x));
@@ -84,7 +87,34 @@ PT_DEVICE void store_one(void* base, Dtype dt, int64_t i, float x) {
   }
 }
 
-PT_DEVICE void load8(const void* base, Dtype dt, int64_t i, float (&out)[8]) {
+// A pack from memory that may not be 16-byte aligned: one vector access when it
+// is, element by element otherwise (same registers, same memory parallelism).
+template <class T>
+PT_DEVICE void load_pack_any(const T* src, bool aligned, MathT<T> (&out)[kPack<T>]) {
+  if (aligned) {
+    load_pack(src, out);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < kPack<T>; ++k) out[k] = to_math(src[k]);
+}
+
+template <class T>
+PT_DEVICE void store_pack_any(T* dst, bool aligned, const MathT<T> (&in)[kPack<T>]) {
+  if (aligned) {
+    store_pack(dst, in);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < kPack<T>; ++k) dst[k] = from_math<T>(in[k]);
+}
+
+PT_DEVICE void load8(const void* base, Dtype dt, int64_t i, bool aligned, float (&out)[8]) {
+  if (!aligned) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) out[k] = load_one(base, dt, i + k);
+    return;
+  }
   if (dt == Dtype::BF16) {
     load_pack(static_cast<const __nv_bfloat16*>(base) + i, out);
   } else if (dt == Dtype::F16) {
@@ -96,7 +126,12 @@ PT_DEVICE void load8(const void* base, Dtype dt, int64_t i, float (&out)[8]) {
   }
 }
 
-PT_DEVICE void store8(void* base, Dtype dt, int64_t i, const float (&in)[8]) {
+PT_DEVICE void store8(void* base, Dtype dt, int64_t i, bool aligned, const float (&in)[8]) {
+  if (!aligned) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) store_one(base, dt, i + k, in[k]);
+    return;
+  }
   if (dt == Dtype::BF16) {
     store_pack(static_cast<__nv_bfloat16*>(base) + i, in);
   } else if (dt == Dtype::F16) {

@@ -184,6 +184,15 @@ register_optimizer("adamw_anyprecision", _build_adamw_anyprecision,
                    "pytrainer.optim.AnyPrecisionAdamW: AdamW with 16-bit states, Kahan "
                    "summation or stochastic rounding, fused CPU/CUDA kernels")
 
-# --- pending optimizers: replaced when issue 6 lands -------------------------
-register_pending("adafactor", "pytrainer.optim.Adafactor (issue 6) has not landed")
-# --- end of pending optimizers -----------------------------------------------
+
+def _build_adafactor(groups, config: OptimizerConfig):
+    """As Hugging Face's Trainer builds it: the given lr, no relative step, no
+    parameter scaling."""
+    from pytrainer.optim.adafactor import Adafactor
+    _reject_optim_args("adafactor", config)
+    return Adafactor(groups, lr=config.lr, scale_parameter=False, relative_step=False)
+
+
+register_optimizer("adafactor", _build_adafactor,
+                   "pytrainer.optim.Adafactor: transformers' Adafactor, factored second "
+                   "moments, fused CPU/CUDA kernels")

@@ -1,0 +1,36 @@
+#include "cuda/step_scalars.h"
+
+namespace pytrainer::cuda {
+namespace {
+
+at::Tensor float_on(const std::optional<at::Tensor>& t, const at::Device& device) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  return t->to(device, at::kFloat).reshape({1});
+}
+
+}  // namespace
+
+DeviceScalars device_scalars(double lr, const std::optional<at::Tensor>& lr_tensor,
+                             const std::optional<at::Tensor>& grad_scale,
+                             const std::optional<at::Tensor>& found_inf,
+                             const at::Device& device) {
+  DeviceScalars out{};
+  out.lr = lr;
+  if (lr_tensor.has_value() && lr_tensor->defined()) {
+    if (lr_tensor->is_cpu()) {
+      out.lr = lr_tensor->item<double>();
+    } else {
+      // checks allow float32 and float64 on the device; read either as it is
+      out.lr_tensor = lr_tensor->reshape({1});
+      out.scalars.lr = out.lr_tensor.data_ptr();
+      out.scalars.lr_double = out.lr_tensor.scalar_type() == at::kDouble;
+    }
+  }
+  out.grad_scale = float_on(grad_scale, device);
+  out.found_inf = float_on(found_inf, device);
+  out.scalars.grad_scale = out.grad_scale.defined() ? out.grad_scale.data_ptr<float>() : nullptr;
+  out.scalars.found_inf = out.found_inf.defined() ? out.found_inf.data_ptr<float>() : nullptr;
+  return out;
+}
+
+}  // namespace pytrainer::cuda
