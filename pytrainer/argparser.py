@@ -181,6 +181,9 @@ class ArgumentParser(argparse.ArgumentParser):
                 namespace = argparse.Namespace(**self._coerce_mapping(_load_config(config_path)))
             except (OSError, ValueError, ImportError) as error:
                 self.error(_one_line(f"{self._config_flag} {config_path}: {error}"))
+            except RecursionError:  # e.g. comparing self-referencing YAML values
+                self.error(_one_line(f"{self._config_flag} {config_path}: values nested too "
+                                     f"deeply (or referring to themselves) to read"))
         namespace, remaining = self.parse_known_args(args, namespace=namespace)
         vars(namespace).pop(_CONFIG_DEST, None)
         if remaining and not return_remaining_strings:
@@ -298,13 +301,19 @@ class ArgumentParser(argparse.ArgumentParser):
         for token in remaining:
             if not token.startswith("--"):
                 continue
-            option = token.split("=", 1)[0]
+            option = _show_token(token.split("=", 1)[0])
             hint = did_you_mean(option, self._option_string_actions, quote=str)
             if hint:
                 hints.append(f"{hint.strip()[:-1]} (for {option})?" if len(remaining) > 1
                              else hint.strip())
-        message = f"unrecognized arguments: {' '.join(remaining)}"
+        message = f"unrecognized arguments: {' '.join(map(_show_token, remaining))}"
         return f"{message}. {' '.join(hints)}" if hints else message
+
+
+def _show_token(token: str) -> str:
+    """A command-line token as an error message shows it: quoted when it holds a newline
+    or another unprintable character, so that the message stays on one line."""
+    return token if token.isprintable() else repr(token)
 
 
 def _spellings(option: str) -> list[str]:
@@ -384,6 +393,8 @@ def _json_object(text: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as error:
         raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError("not read: the JSON is nested too deeply") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
@@ -423,6 +434,8 @@ def _load_json(path: str | os.PathLike) -> Any:
             return json.load(file)
         except json.JSONDecodeError as error:
             raise ValueError(f"{os.fspath(path)} is not valid JSON: {error}") from None
+        except RecursionError:
+            raise ValueError(f"{os.fspath(path)} is nested too deeply to read") from None
 
 
 def _load_yaml(path: str | os.PathLike) -> Any:
@@ -437,6 +450,8 @@ def _load_yaml(path: str | os.PathLike) -> Any:
         except yaml.YAMLError as error:
             raise ValueError(f"{os.fspath(path)} is not valid YAML: "
                              f"{_one_line(str(error))}") from None
+        except RecursionError:
+            raise ValueError(f"{os.fspath(path)} is nested too deeply to read") from None
     return {} if data is None else data
 
 

@@ -198,6 +198,16 @@ class TrainingArguments:
     resume_from_checkpoint: str | None = field(default=None, metadata=_help(
         "A checkpoint folder to resume from. Read by scripts; pass it to "
         "Trainer.train(resume_from_checkpoint=...)."))
+    ddp_timeout: int = field(default=1800, metadata=_help(
+        "Seconds torch.distributed waits for every rank (rendezvous and collectives) before "
+        "failing with an error instead of hanging."))
+    ddp_find_unused_parameters: bool | None = field(default=None, metadata=_help(
+        "Passed to DistributedDataParallel's find_unused_parameters (None means False: faster, "
+        "and every parameter must receive a gradient)."))
+    nonfinite_steps_limit: int = field(default=10, metadata=_help(
+        "Stop with an error (after saving a checkpoint of the last good state) when this many "
+        "consecutive updates have a NaN or inf loss or gradient; such updates are skipped. "
+        "0 never stops. (fp16 runs leave inf/NaN steps to the GradScaler.)"))
 
     # ----------------------------------------------------------------- aliases
     @property
@@ -232,7 +242,7 @@ class TrainingArguments:
                      "use_cpu", "bf16", "fp16", "dataloader_drop_last", "disable_tqdm",
                      "logging_first_step"):
             _check_bool(name, getattr(self, name))
-        for name in ("do_eval", "greater_is_better"):
+        for name in ("do_eval", "greater_is_better", "ddp_find_unused_parameters"):
             _check_bool(name, getattr(self, name), allow_none=True)
         for name in ("metric_for_best_model", "optim_args"):
             _check_str(name, getattr(self, name), allow_none=True)
@@ -254,6 +264,9 @@ class TrainingArguments:
             setattr(self, name, _int(name, getattr(self, name), minimum=1))
         self.dataloader_num_workers = _int("dataloader_num_workers", self.dataloader_num_workers,
                                            minimum=0)
+        self.ddp_timeout = _int("ddp_timeout", self.ddp_timeout, minimum=1)
+        self.nonfinite_steps_limit = _int("nonfinite_steps_limit", self.nonfinite_steps_limit,
+                                          minimum=0, why="0 never stops")
         self.max_steps = _int("max_steps", self.max_steps, minimum=-1,
                               why="-1 (or 0) means 'use num_train_epochs'")
         if self.save_total_limit is not None:
@@ -404,7 +417,7 @@ class TrainingArguments:
             raise ValueError(f"{cls.__name__}.from_dict needs a mapping, got "
                              f"{type(data).__name__}")
         known = set(inspect.signature(cls).parameters)
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known, key=str)
         if unknown and not allow_extra_keys:
             hints = "; ".join(f"{key!r}{did_you_mean(key, known)}" for key in unknown)
             raise ValueError(f"unknown {cls.__name__} keys: {hints}")
@@ -460,37 +473,54 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, enum.Enum) else value
 
 
+def _show(value: Any) -> str:
+    """``repr(value)`` for an error message; never raises (an int past Python's 4300-digit
+    string limit, or a structure nested too deeply to print, is described instead)."""
+    try:
+        return repr(value)
+    except (ValueError, RecursionError):
+        if isinstance(value, int):
+            return f"an integer of {value.bit_length()} bits"
+        return f"a {type(value).__name__} nested too deeply to print"
+
+
 def _check_bool(name: str, value: Any, *, allow_none: bool = False) -> None:
     # Strict: a string such as "false" is truthy, the bug this check exists for.
     if isinstance(value, bool) or (allow_none and value is None):
         return
     expected = "True, False or None" if allow_none else "True or False"
-    raise ValueError(f"{name} must be {expected}, got {value!r}")
+    raise ValueError(f"{name} must be {expected}, got {_show(value)}")
 
 
 def _check_str(name: str, value: Any, *, allow_none: bool = False) -> None:
     if isinstance(value, str) or (allow_none and value is None):
         return
-    raise ValueError(f"{name} must be a string{' or None' if allow_none else ''}, got {value!r}")
+    raise ValueError(f"{name} must be a string{' or None' if allow_none else ''}, got "
+                     f"{_show(value)}")
 
 
 def _int(name: str, value: Any, *, minimum: int, maximum: int | None = None,
          why: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer, got {_show(value)}")
     value = int(value)
     if value < minimum or (maximum is not None and value > maximum):
         bound = (f"in [{minimum}, {maximum}]" if maximum is not None
                  else "a positive integer" if minimum == 1 else f">= {minimum}")
-        raise ValueError(f"{name} must be {bound}, got {value!r}" + (f" ({why})" if why else ""))
+        raise ValueError(f"{name} must be {bound}, got {_show(value)}" +
+                         (f" ({why})" if why else ""))
     return value
 
 
 def _float(name: str, value: Any, *, minimum: float | None = None,
            above: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    value = float(value)
+        raise ValueError(f"{name} must be a number, got {_show(value)}")
+    try:
+        value = float(value)
+    except OverflowError:  # an int (or Fraction) beyond float's range
+        raise ValueError(f"{name} must be finite, got {_show(value)}, too large for a "
+                         f"float") from None
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     if above is not None and not value > above:
@@ -524,7 +554,7 @@ def _string_list(name: str, value: Any) -> list[str] | None:
         return None
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise ValueError(f"{name} must be a list of strings or None, got {value!r}")
+    raise ValueError(f"{name} must be a list of strings or None, got {_show(value)}")
 
 
 def _normalise_report_to(value: Any) -> list[str]:
@@ -552,14 +582,20 @@ def _json_object(name: str, value: Any) -> dict[str, Any] | None:
         except json.JSONDecodeError as error:
             raise ValueError(f"{name} must be a dict or a JSON object string, got {given!r} "
                              f"({error})") from None
+        except RecursionError:
+            raise ValueError(f"{name}: the JSON object string is nested too deeply") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{name} must be a dict or a JSON object string, got {given!r}")
+        raise ValueError(f"{name} must be a dict or a JSON object string, got {_show(given)}")
     try:
         # Stored in its JSON form (tuples become lists), so that a checkpoint's copy
-        # rebuilds an equal object.
-        return json.loads(json.dumps(value))
+        # rebuilds an equal object. Strict JSON: NaN and infinities would be written
+        # as non-standard tokens and a NaN would not compare equal when read back.
+        return json.loads(json.dumps(value, allow_nan=False))
+    except RecursionError:
+        raise ValueError(f"{name} is nested too deeply to store as JSON") from None
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must be JSON-serialisable, got {value!r} ({error})") from None
+        raise ValueError(f"{name} must be JSON-serialisable (JSON types, finite numbers), got "
+                         f"{_show(value)} ({error})") from None
 
 
 def _copy_json(value: Any) -> Any:

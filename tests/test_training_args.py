@@ -66,6 +66,9 @@ DEFAULTS = {
     "optim_args": None,
     "report_to": [],  # the default "none", stored as Hugging Face does: no integrations
     "resume_from_checkpoint": None,
+    "ddp_timeout": 1800,
+    "ddp_find_unused_parameters": None,
+    "nonfinite_steps_limit": 10,
 }
 
 
@@ -489,6 +492,7 @@ ONLY_IN_PYTRAINER = {
     "save_safetensors": "removed in transformers 5 (always safetensors); kept by issue 3",
     "warmup_ratio": "removed in transformers 5 (warmup_steps < 1 is a ratio); kept for 4.x "
                     "scripts",
+    "nonfinite_steps_limit": "pytrainer's stop after repeated NaN/inf updates (issue 8)",
 }
 
 

@@ -16,8 +16,10 @@ class KernelOptimizer(torch.optim.Optimizer):
 
     GradScaler: with ``_step_supports_amp_scaling`` the scaler sets ``grad_scale``
     and ``found_inf`` on the optimizer around ``step()``; the kernels divide the
-    grads by the scale and skip the whole step on the device when ``found_inf``
-    is set, so no value is read back to the host.
+    grads by the scale (leaving them unscaled, as torch's fused optimizers do) and
+    skip the whole step on the device when ``found_inf`` is set, so no value is
+    read back to the host. :meth:`step_scaled` does the same for a training loop
+    that folds gradient clipping and its own inf/NaN check into the step.
     """
 
     _step_supports_amp_scaling = True
@@ -55,15 +57,51 @@ class KernelOptimizer(torch.optim.Optimizer):
                 if step.dtype != torch.float32 or step.device != p.device or step.dim() != 0:
                     state["step"] = step.reshape(()).to(device=p.device, dtype=torch.float32)
 
-    def _amp_tensors(self, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
-        """GradScaler's ``grad_scale`` and ``found_inf`` on ``device`` (None when absent)."""
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
-        if grad_scale is not None and grad_scale.device != device:
-            grad_scale = grad_scale.to(device, non_blocking=True)
-        if found_inf is not None and found_inf.device != device:
-            found_inf = found_inf.to(device, non_blocking=True)
-        return grad_scale, found_inf
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Performs one optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        folded = self.__dict__.get("_folded")
+        if folded is not None:  # step_scaled
+            self._step_groups(*folded, write_back_grads=False)
+        else:  # GradScaler.step sets these around this call
+            self._step_groups(getattr(self, "grad_scale", None), getattr(self, "found_inf", None),
+                              write_back_grads=True)
+        return loss
+
+    @torch.no_grad()
+    def step_scaled(self, grad_scale: Tensor | None = None, found_inf: Tensor | None = None) -> None:
+        """One step with every grad divided by ``grad_scale`` (a 1-element tensor)
+        and the whole step skipped on the device when ``found_inf`` (a 1-element
+        tensor) is nonzero: params, states and step counts untouched. The grads
+        themselves are left as they are. A training loop passes ``1/clip_coef`` and
+        ``~isfinite(grad_norm)`` here, so gradient clipping and the inf/NaN check
+        cost neither a pass over the grads nor a host synchronisation. (Through
+        ``step()``, so step hooks and learning-rate schedulers see the step.)"""
+        self._folded = (grad_scale, found_inf)
+        try:
+            self.step()
+        finally:
+            self._folded = None
+
+    def _step_groups(self, grad_scale: Tensor | None, found_inf: Tensor | None,
+                     write_back_grads: bool) -> None:
+        for group in self.param_groups:
+            self._step_group(group, grad_scale, found_inf, write_back_grads)
+
+    def _step_group(self, group: dict[str, Any], grad_scale: Tensor | None,
+                    found_inf: Tensor | None, write_back_grads: bool) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _on(tensor: Tensor | None, device: torch.device) -> Tensor | None:
+        """``tensor`` on ``device`` (the scaler's tensors live on its own device)."""
+        if tensor is None or tensor.device == device:
+            return tensor
+        return tensor.to(device, non_blocking=True)
 
     @staticmethod
     def _lr_args(lr: float | Tensor) -> tuple[float, Tensor | None]:

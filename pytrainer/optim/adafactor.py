@@ -118,28 +118,20 @@ class Adafactor(KernelOptimizer):
             steps.append(state["step"])
         return params, grads, exp_avgs, rows, cols, steps
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Performs one optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads, exp_avgs, rows, cols, steps = self._init_group(group)
-            if not params:
-                continue
-            device = params[0].device
-            self._check_kernels(device)
-            grad_scale, found_inf = self._amp_tensors(device)
-            lr, lr_tensor = self._lr_args(0.0 if group["lr"] is None else group["lr"])
-            eps1, eps2 = group["eps"]
-            beta1 = group["beta1"]
-            # torch.ops.pytrainer.adafactor_, through its typed entry
-            ops.kernels.adafactor_(
-                params, grads, exp_avgs, rows, cols, steps, lr, lr_tensor, float(eps1),
-                float(eps2), float(group["clip_threshold"]), float(group["decay_rate"]),
-                None if beta1 is None else float(beta1), float(group["weight_decay"]),
-                bool(group["scale_parameter"]), bool(group["relative_step"]),
-                bool(group["warmup_init"]), grad_scale, found_inf, True)
-        return loss
+    def _step_group(self, group, grad_scale, found_inf, write_back_grads) -> None:
+        params, grads, exp_avgs, rows, cols, steps = self._init_group(group)
+        if not params:
+            return
+        device = params[0].device
+        self._check_kernels(device)
+        lr, lr_tensor = self._lr_args(0.0 if group["lr"] is None else group["lr"])
+        eps1, eps2 = group["eps"]
+        beta1 = group["beta1"]
+        # torch.ops.pytrainer.adafactor_, through its typed entry
+        ops.kernels.adafactor_(
+            params, grads, exp_avgs, rows, cols, steps, lr, lr_tensor, float(eps1),
+            float(eps2), float(group["clip_threshold"]), float(group["decay_rate"]),
+            None if beta1 is None else float(beta1), float(group["weight_decay"]),
+            bool(group["scale_parameter"]), bool(group["relative_step"]),
+            bool(group["warmup_init"]), self._on(grad_scale, device), self._on(found_inf, device),
+            write_back_grads)

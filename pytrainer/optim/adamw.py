@@ -76,26 +76,17 @@ class FusedAdamW(KernelOptimizer):
             steps.append(state["step"])
         return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Performs one optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self._init_group(group)
-            if not params:
-                continue
-            device = params[0].device
-            self._check_kernels(device)
-            grad_scale, found_inf = self._amp_tensors(device)
-            lr, lr_tensor = self._lr_args(group["lr"])
-            beta1, beta2 = group["betas"]
-            # torch.ops.pytrainer.adamw_, through its typed entry (see csrc/ops.cpp)
-            ops.kernels.adamw_(
-                params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                lr, lr_tensor, float(beta1), float(beta2), float(group["weight_decay"]),
-                float(group["eps"]), group["amsgrad"], group["maximize"],
-                grad_scale, found_inf, True)
-        return loss
+    def _step_group(self, group, grad_scale, found_inf, write_back_grads) -> None:
+        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self._init_group(group)
+        if not params:
+            return
+        device = params[0].device
+        self._check_kernels(device)
+        lr, lr_tensor = self._lr_args(group["lr"])
+        beta1, beta2 = group["betas"]
+        # torch.ops.pytrainer.adamw_, through its typed entry (see csrc/ops.cpp)
+        ops.kernels.adamw_(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+            lr, lr_tensor, float(beta1), float(beta2), float(group["weight_decay"]),
+            float(group["eps"]), group["amsgrad"], group["maximize"],
+            self._on(grad_scale, device), self._on(found_inf, device), write_back_grads)

@@ -137,31 +137,28 @@ class AnyPrecisionAdamW(KernelOptimizer):
             ids.append(index)
         return params, grads, exp_avgs, exp_avg_sqs, compensations, steps, ids
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """Performs one optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _step_groups(self, grad_scale, found_inf, write_back_grads) -> None:
+        # stochastic rounding keys each tensor by its position among all params
         first_id = 0
         for group in self.param_groups:
-            params, grads, exp_avgs, exp_avg_sqs, compensations, steps, ids = \
-                self._init_group(group, first_id)
+            self._step_group(group, grad_scale, found_inf, write_back_grads, first_id)
             first_id += len(group["params"])
-            if not params:
-                continue
-            device = params[0].device
-            self._check_kernels(device)
-            grad_scale, found_inf = self._amp_tensors(device)
-            lr, lr_tensor = self._lr_args(group["lr"])
-            beta1, beta2 = group["betas"]
-            rounding = (_KAHAN if group["use_kahan_summation"] else
-                        _STOCHASTIC if group["rounding"] == "stochastic" else _NEAREST)
-            # torch.ops.pytrainer.anyprecision_adamw_, through its typed entry
-            ops.kernels.anyprecision_adamw_(
-                params, grads, exp_avgs, exp_avg_sqs, compensations, steps,
-                ids if rounding == _STOCHASTIC else [], lr, lr_tensor, float(beta1),
-                float(beta2), float(group["weight_decay"]), float(group["eps"]), rounding,
-                int(group["seed"]), grad_scale, found_inf, True)
-        return loss
+
+    def _step_group(self, group, grad_scale, found_inf, write_back_grads, first_id=0) -> None:
+        params, grads, exp_avgs, exp_avg_sqs, compensations, steps, ids = \
+            self._init_group(group, first_id)
+        if not params:
+            return
+        device = params[0].device
+        self._check_kernels(device)
+        lr, lr_tensor = self._lr_args(group["lr"])
+        beta1, beta2 = group["betas"]
+        rounding = (_KAHAN if group["use_kahan_summation"] else
+                    _STOCHASTIC if group["rounding"] == "stochastic" else _NEAREST)
+        # torch.ops.pytrainer.anyprecision_adamw_, through its typed entry
+        ops.kernels.anyprecision_adamw_(
+            params, grads, exp_avgs, exp_avg_sqs, compensations, steps,
+            ids if rounding == _STOCHASTIC else [], lr, lr_tensor, float(beta1),
+            float(beta2), float(group["weight_decay"]), float(group["eps"]), rounding,
+            int(group["seed"]), self._on(grad_scale, device), self._on(found_inf, device),
+            write_back_grads)

@@ -1,0 +1,131 @@
+"""The device a process trains on and, under torchrun, its place in the world.
+
+A torchrun launch sets WORLD_SIZE, RANK and LOCAL_RANK; the Trainer then
+initialises torch.distributed (NCCL on CUDA, gloo on the CPU), binds each rank
+to its local device and reduces across ranks through this context. A single
+process gets a context of one, whose collectives do nothing.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistributedContext", "init_distributed", "select_device", "DistributedSetupError"]
+
+
+class DistributedSetupError(RuntimeError):
+    """The torch.distributed world is misconfigured."""
+
+
+@dataclass
+class DistributedContext:
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    #: whether this context initialised the process group (and so destroys it)
+    owns_group: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """In place, on the device: no host synchronisation."""
+        if self.enabled:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def all_gather_objects(self, obj: Any) -> list[Any]:
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def shutdown(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise DistributedSetupError(f"{name}={value!r} is not an integer") from None
+
+
+def init_distributed(use_cpu: bool, timeout_s: float) -> DistributedContext:
+    """The context of a torchrun launch (or of one process without it)."""
+    world = _env_int("WORLD_SIZE") or 1
+    if world <= 1:
+        return DistributedContext()
+    rank = _env_int("RANK")
+    local_rank = _env_int("LOCAL_RANK")
+    if rank is None or local_rank is None:
+        raise DistributedSetupError(
+            f"WORLD_SIZE={world} but RANK or LOCAL_RANK is not set: launch with torchrun "
+            "(torchrun --nproc_per_node N script.py ...)")
+    if not 0 <= rank < world:
+        raise DistributedSetupError(f"RANK={rank} is outside the world of WORLD_SIZE={world}")
+    cuda = torch.cuda.is_available() and not use_cpu
+    if cuda:
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise DistributedSetupError(
+                f"LOCAL_RANK={local_rank} but this machine has {count} CUDA device(s): more ranks "
+                f"per machine than GPUs (use --nproc_per_node {count} or fewer, or use_cpu)")
+        torch.cuda.set_device(local_rank)
+    if dist.is_initialized():
+        if dist.get_world_size() != world:
+            raise DistributedSetupError(
+                f"torch.distributed is initialised with {dist.get_world_size()} ranks but "
+                f"WORLD_SIZE={world}")
+        return DistributedContext(world, rank, local_rank, owns_group=False)
+    backend = "nccl" if cuda else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_s)
+    try:
+        dist.init_process_group(backend=backend, timeout=timeout,
+                                **({"device_id": torch.device("cuda", local_rank)} if cuda else {}))
+    except Exception as error:  # rendezvous timeouts and store errors have several types
+        master = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        raise DistributedSetupError(
+            f"rank {rank} of {world} could not join the process group at {master} within "
+            f"{timeout_s:g} s ({type(error).__name__}: {error}); check that every rank runs, that "
+            "MASTER_ADDR/MASTER_PORT reach rank 0, and --nnodes/--nproc_per_node") from None
+    return DistributedContext(world, rank, local_rank, owns_group=True)
+
+
+def select_device(use_cpu: bool, context: DistributedContext) -> torch.device:
+    """CUDA (this rank's local GPU) or MPS when available, unless ``use_cpu``."""
+    if use_cpu:
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", context.local_rank)
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available() and not context.enabled:
+        return torch.device("mps")
+    return torch.device("cpu")
