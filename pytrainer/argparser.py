@@ -287,7 +287,7 @@ class ArgumentParser(argparse.ArgumentParser):
                 unknown.append(str(key))
                 continue
             value = _coerce(flag, key, value)
-            if flag.name in values and values[flag.name] != value:
+            if flag.name in values and _differ(values[flag.name], value):
                 raise ValueError(f"{given_as[flag.name]!r} and {key!r} name the same argument "
                                  f"with different values ({values[flag.name]!r}, {value!r})")
             values[flag.name], given_as[flag.name] = value, key
@@ -453,6 +453,14 @@ def _load_yaml(path: str | os.PathLike) -> Any:
         except RecursionError:
             raise ValueError(f"{os.fspath(path)} is nested too deeply to read") from None
     return {} if data is None else data
+
+
+def _differ(a: Any, b: Any) -> bool:
+    """``a != b``; True for values too deeply nested (or self-referencing) to compare."""
+    try:
+        return bool(a != b)
+    except RecursionError:
+        return True
 
 
 def _one_line(text: str) -> str:

@@ -509,7 +509,12 @@ def _int(name: str, value: Any, *, minimum: int, maximum: int | None = None,
                  else "a positive integer" if minimum == 1 else f">= {minimum}")
         raise ValueError(f"{name} must be {bound}, got {_show(value)}" +
                          (f" ({why})" if why else ""))
+    if value > _MAX_INT:  # beyond what torch, numpy and JSON readers hold
+        raise ValueError(f"{name} must be at most 2**63 - 1, got {_show(value)}")
     return value
+
+
+_MAX_INT = 2**63 - 1
 
 
 def _float(name: str, value: Any, *, minimum: float | None = None,
@@ -545,6 +550,9 @@ def _steps(name: str, value: Any) -> int | float:
 
 def _choice(name: str, value: Any, choices) -> str:
     if value not in choices:
+        if not isinstance(value, str):  # (repr of any value, e.g. a 5000-digit int, may fail)
+            raise ValueError(f"{name}={_show(value)} is not valid; valid values: "
+                             f"{', '.join(choices)}.")
         raise ValueError(invalid_choice_message(name, value, choices))
     return value
 
@@ -590,12 +598,33 @@ def _json_object(name: str, value: Any) -> dict[str, Any] | None:
         # Stored in its JSON form (tuples become lists), so that a checkpoint's copy
         # rebuilds an equal object. Strict JSON: NaN and infinities would be written
         # as non-standard tokens and a NaN would not compare equal when read back.
-        return json.loads(json.dumps(value, allow_nan=False))
+        stored = json.loads(json.dumps(value, allow_nan=False))
     except RecursionError:
-        raise ValueError(f"{name} is nested too deeply to store as JSON") from None
+        stored = None
     except (TypeError, ValueError) as error:
         raise ValueError(f"{name} must be JSON-serialisable (JSON types, finite numbers), got "
                          f"{_show(value)} ({error})") from None
+    if stored is None or _nesting_depth(stored) > _MAX_JSON_DEPTH:
+        # to_dict and to_json_string recurse through it (and must not fail at a checkpoint)
+        raise ValueError(f"{name} is nested too deeply: at most {_MAX_JSON_DEPTH} levels of "
+                         f"dicts and lists are supported")
+    return stored
+
+
+_MAX_JSON_DEPTH = 100
+
+
+def _nesting_depth(value: Any) -> int:
+    """Levels of dicts and lists in a JSON value (without recursion), stopping past the limit."""
+    deepest, pending = 0, [(value, 1)]
+    while pending and deepest <= _MAX_JSON_DEPTH:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(
+            item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _copy_json(value: Any) -> Any:

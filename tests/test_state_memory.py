@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 
 import pytest
 import torch
@@ -33,8 +34,12 @@ _COMMON = dict(derandomize=True, database=None, deadline=None, print_blob=False,
                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
+#: PYTRAINER_HYPOTHESIS_SCALE=10 runs ten times the examples (still derandomized)
+_SCALE = float(os.environ.get("PYTRAINER_HYPOTHESIS_SCALE", "1"))
+
+
 def fast(max_examples: int):
-    return settings(max_examples=max_examples, **_COMMON)
+    return settings(max_examples=max(1, round(max_examples * _SCALE)), **_COMMON)
 
 
 LOW_PRECISION = [torch.float32, torch.bfloat16, torch.float16]

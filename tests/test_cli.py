@@ -1,0 +1,71 @@
+"""``pytrainer train`` end to end on a tiny setting, and its errors."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pytrainer import ops
+
+TINY = ["--max_steps", "4", "--n_layer", "1", "--n_head", "2", "--n_embd", "16",
+        "--block_size", "32", "--max_train_bytes", "20000", "--per_device_train_batch_size", "4",
+        "--eval_steps", "2", "--save_steps", "2", "--logging_steps", "2", "--sample_length", "16",
+        "--disable_tqdm", "--use_cpu"]
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "pytrainer", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(not ops.available(), reason="compiled kernels not built")
+def test_train_end_to_end(tmp_path):
+    out = run("train", "--output_dir", str(tmp_path), *TINY)
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("train_loss", "train_runtime", "train_samples_per_second", "eval_loss",
+                "eval_runtime", "epoch"):
+        assert key in metrics, key
+    assert (tmp_path / "loss.png").is_file()
+    assert (tmp_path / "model.safetensors").is_file()
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith("checkpoint-")) == \
+        ["checkpoint-2", "checkpoint-4"]
+    assert "final metrics:" in out.stdout and "eval_loss" in out.stdout
+
+    # evaluation only: loads the model the run saved, predicts on the held-out text
+    again = run("train", "--output_dir", str(tmp_path), "--do_eval", "--do_predict", *TINY)
+    assert again.returncode == 0, again.stderr
+    metrics2 = json.loads((tmp_path / "metrics.json").read_text())
+    assert "train_loss" not in metrics2 and "test_loss" in metrics2
+    assert metrics2["eval_loss"] == pytest.approx(metrics["eval_loss"], rel=1e-5)
+
+
+@pytest.mark.skipif(not ops.available(), reason="compiled kernels not built")
+def test_train_on_a_users_file(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 500)
+    out = run("train", "--output_dir", str(tmp_path / "out"), "--train_file", str(text), *TINY)
+    assert out.returncode == 0, out.stderr
+    assert str(text) in out.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--learning_rat", "1e-3"], "--learning_rate"),
+    (["train", "--eval_strategy", "strps"], "steps"),
+    (["train", "--n_embd", "30", "--n_head", "4"], "multiple of n_head"),
+    (["train", "--train_file", "/nonexistent/file.txt"], "cannot read it"),
+])
+def test_bad_flags_exit_2_with_a_message(args, fragment):
+    out = run(*args)
+    assert out.returncode == 2
+    assert fragment in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_usage_and_unknown_command():
+    assert "pytrainer train" in run("--help").stdout
+    out = run("trian")
+    assert out.returncode == 2 and "unknown command 'trian'" in out.stderr
