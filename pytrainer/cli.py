@@ -130,7 +130,7 @@ def train_command(argv: list[str]) -> int:
             sample = model.generate(b"def ", data_args.sample_length,
                                     generator=torch.Generator().manual_seed(args.seed))
             print("\nsample:\n" + sample.decode("utf-8", errors="replace"))
-    trainer.dist.shutdown()
+    trainer.close()
     return 0
 
 

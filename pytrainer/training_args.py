@@ -204,6 +204,9 @@ class TrainingArguments:
     ddp_find_unused_parameters: bool | None = field(default=None, metadata=_help(
         "Passed to DistributedDataParallel's find_unused_parameters (None means False: faster, "
         "and every parameter must receive a gradient)."))
+    fsdp2: bool = field(default=False, metadata=_help(
+        "Under torchrun, shard parameters, gradients and optimizer states with FSDP2 "
+        "(torch.distributed.fsdp.fully_shard) instead of replicating them with DDP."))
     nonfinite_steps_limit: int = field(default=10, metadata=_help(
         "Stop with an error (after saving a checkpoint of the last good state) when this many "
         "consecutive updates have a NaN or inf loss or gradient; such updates are skipped. "
@@ -238,7 +241,7 @@ class TrainingArguments:
             raise ValueError("output_dir must not be empty, got ''")
 
     def _check_types(self) -> None:
-        for name in ("do_train", "do_predict", "save_safetensors", "load_best_model_at_end",
+        for name in ("do_train", "do_predict", "save_safetensors", "load_best_model_at_end", "fsdp2",
                      "use_cpu", "bf16", "fp16", "dataloader_drop_last", "disable_tqdm",
                      "logging_first_step"):
             _check_bool(name, getattr(self, name))

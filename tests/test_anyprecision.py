@@ -213,6 +213,20 @@ def test_kahan_and_stochastic_rounding_recover_what_plain_bf16_loses():
 # ------------------------------------------------------------------ state and anchors
 
 
+def test_state_dicts_from_before_dtype_names_still_load():
+    """Older state dicts (and torchdistx's) hold torch.dtype objects in the groups."""
+    p = torch.nn.Parameter(torch.randn(5).bfloat16())
+    p.grad = torch.randn_like(p)
+    opt = AnyPrecisionAdamW([p], use_kahan_summation=True)
+    opt.step()
+    state = opt.state_dict()
+    state["param_groups"][0]["momentum_dtype"] = torch.float16
+    fresh = AnyPrecisionAdamW([p], use_kahan_summation=True)
+    fresh.load_state_dict(state)
+    assert fresh.state[p]["exp_avg"].dtype == torch.float16
+    fresh.step()
+
+
 def test_state_dict_round_trip_keeps_state_dtypes_and_compensation(device):
     params = make_params(device, torch.bfloat16, [(64,), (7, 5)])
     twin = [torch.nn.Parameter(p.detach().clone()) for p in params]
@@ -318,7 +332,7 @@ def test_registry_uses_hugging_face_defaults():
     group = _build({}).param_groups[0]
     assert group["use_kahan_summation"] is False
     assert (group["momentum_dtype"], group["variance_dtype"], group["compensation_buffer_dtype"]) \
-        == (torch.float32, torch.float32, torch.bfloat16)
+        == ("float32", "float32", "bfloat16")
 
 
 def test_registry_reads_hugging_face_optim_args():
@@ -328,7 +342,7 @@ def test_registry_reads_hugging_face_optim_args():
     group = _build(args).param_groups[0]
     assert group["use_kahan_summation"] is True
     assert (group["momentum_dtype"], group["variance_dtype"], group["compensation_buffer_dtype"]) \
-        == (torch.bfloat16, torch.bfloat16, torch.float16)
+        == ("bfloat16", "bfloat16", "float16")
 
 
 @pytest.mark.parametrize("optim_args, match", [

@@ -68,6 +68,7 @@ DEFAULTS = {
     "resume_from_checkpoint": None,
     "ddp_timeout": 1800,
     "ddp_find_unused_parameters": None,
+    "fsdp2": False,
     "nonfinite_steps_limit": 10,
 }
 
@@ -493,6 +494,7 @@ ONLY_IN_PYTRAINER = {
     "warmup_ratio": "removed in transformers 5 (warmup_steps < 1 is a ratio); kept for 4.x "
                     "scripts",
     "nonfinite_steps_limit": "pytrainer's stop after repeated NaN/inf updates (issue 8)",
+    "fsdp2": "pytrainer's switch to FSDP2 sharding (issue 7); transformers' fsdp takes strings",
 }
 
 

@@ -85,6 +85,7 @@ void adafactor_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   step.grad_mult = grad_scale ? static_cast<float>(1.0 / grad_scale->item<double>()) : 1.0f;
   step.eps1 = static_cast<float>(eps1);
   step.beta1 = static_cast<float>(beta1.value_or(0.0));
+  step.one_minus_beta1 = static_cast<float>(1.0 - beta1.value_or(0.0));
   step.first_moment = beta1.has_value();
   step.weight_decay = static_cast<float>(weight_decay);
   step.write_back_grad = grad_scale.has_value() && write_back_grads;

@@ -11,7 +11,7 @@ inline AdafactorApply adafactor_apply_args(const AdafactorEntry& e, const Adafac
   a.divisor = s.work.scalars[2 * e.index + 1];
   a.first_moment = s.first_moment;
   a.beta1 = s.beta1;
-  a.one_minus_beta1 = 1.0f - s.beta1;
+  a.one_minus_beta1 = s.one_minus_beta1;
   a.decay = s.weight_decay != 0.0f;
   a.neg_wd_alpha = -s.weight_decay * a.alpha;
   return a;

@@ -45,6 +45,7 @@ struct AdafactorCpuStep {
   float grad_mult;
   float eps1;
   float beta1;            // with first_moment
+  float one_minus_beta1;  // 1 - beta1, computed in double
   float weight_decay;
   bool first_moment;
   bool write_back_grad;

@@ -289,7 +289,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel(AdafactorLaunch a) {
   ap.divisor = a.work.scalars[2 * e.index + 1];
   ap.first_moment = m != nullptr;
   ap.beta1 = static_cast<float>(a.hyper.beta1);
-  ap.one_minus_beta1 = 1.0f - ap.beta1;
+  ap.one_minus_beta1 = static_cast<float>(1.0 - a.hyper.beta1);
   ap.decay = a.hyper.weight_decay != 0.0;
   ap.neg_wd_alpha = -static_cast<float>(a.hyper.weight_decay) * ap.alpha;
   const bool packed = (!e.factored || e.cols % N == 0) && aligned16(g) && aligned16(p) &&

@@ -11,6 +11,19 @@ from pytrainer import ops
 from pytrainer.optim._validation import check_param_dtypes
 
 
+try:  # FSDP2 parameters are DTensors; the kernels update their local shards
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # torch without torch.distributed
+    _DTensor = None
+
+
+def local_tensor(tensor: Tensor | None) -> Tensor | None:
+    """This rank's shard of a DTensor (FSDP2), or the tensor itself."""
+    if _DTensor is not None and isinstance(tensor, _DTensor):
+        return tensor.to_local()
+    return tensor
+
+
 class KernelOptimizer(torch.optim.Optimizer):
     """Base of the optimizers whose step is one ``torch.ops.pytrainer`` call per group.
 
@@ -39,8 +52,23 @@ class KernelOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # torch.optim casts every floating state to its parameter's dtype, which
+        # would round float32 states of 16-bit parameters: recast the saved
+        # tensors to the dtypes this optimizer keeps instead.
+        saved = state_dict["state"]
+        saved_ids = [group["params"] for group in state_dict["param_groups"]]
         super().load_state_dict(state_dict)
+        for group, ids in zip(self.param_groups, saved_ids):
+            for p, pid in zip(group["params"], ids):
+                for key, tensor in saved.get(pid, {}).items():
+                    dtype = self._state_dtype(group, key, p)
+                    if dtype is not None and key != "step" and isinstance(tensor, Tensor):
+                        self.state[p][key] = tensor.to(device=p.device, dtype=dtype)
         self._place_steps()
+
+    def _state_dtype(self, group: dict[str, Any], key: str, param: Tensor) -> torch.dtype | None:
+        """The dtype of state ``key`` of ``param`` (None: the parameter's own)."""
+        return None
 
     def _place_steps(self) -> None:
         # The kernels read and advance a float32 step on the parameter's device.

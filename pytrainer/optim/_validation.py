@@ -10,7 +10,8 @@ import torch
 SUPPORTED_PARAM_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def _as_float(name: str, value: Any) -> float:
+def as_float(name: str, value: Any) -> float:
+    """``value`` as a float, or a ValueError naming ``name``."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a number or a one-element tensor, got a tensor of "
@@ -27,19 +28,19 @@ def _as_float(name: str, value: Any) -> float:
 def check_lr(lr: Any, *, allow_none: bool = False) -> None:
     if lr is None and allow_none:
         return
-    value = _as_float("lr", lr)
+    value = as_float("lr", lr)
     if not (value >= 0.0) or math.isinf(value):
         raise ValueError(f"Invalid learning rate: lr={lr!r}; it must be a finite number >= 0")
 
 
 def check_eps(name: str, eps: Any) -> None:
-    value = _as_float(name, eps)
+    value = as_float(name, eps)
     if not (value > 0.0) or math.isinf(value):
         raise ValueError(f"Invalid {name}: {eps!r}; it must be a finite number > 0")
 
 
 def check_beta(name: str, beta: Any) -> None:
-    value = _as_float(name, beta)
+    value = as_float(name, beta)
     if not (0.0 <= value < 1.0):
         raise ValueError(f"Invalid {name}: {beta!r}; it must be in [0, 1)")
 
@@ -52,7 +53,7 @@ def check_betas(betas: Any) -> None:
 
 
 def check_weight_decay(weight_decay: Any) -> None:
-    value = _as_float("weight_decay", weight_decay)
+    value = as_float("weight_decay", weight_decay)
     if not (value >= 0.0) or math.isinf(value):
         raise ValueError(f"Invalid weight_decay: {weight_decay!r}; it must be a finite number >= 0")
 

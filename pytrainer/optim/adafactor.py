@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from pytrainer import ops
-from pytrainer.optim._base import KernelOptimizer
-from pytrainer.optim._validation import check_beta, check_lr, check_weight_decay
+from pytrainer.optim._base import _DTensor, KernelOptimizer
+from pytrainer.optim._validation import as_float, check_beta, check_lr, check_weight_decay
 
 __all__ = ["Adafactor"]
 
@@ -61,11 +61,12 @@ class Adafactor(KernelOptimizer):
         if not isinstance(eps, (tuple, list)) or len(eps) != 2:
             raise ValueError(f"Invalid eps: {eps!r}; expected a pair (eps1, eps2) of numbers >= 0")
         for name, value in zip(("eps[0]", "eps[1]"), eps):
-            if not (float(value) >= 0.0) or math.isinf(float(value)):
+            number = as_float(name, value)
+            if not (number >= 0.0) or math.isinf(number):
                 raise ValueError(f"Invalid {name}: {value!r}; it must be a finite number >= 0")
-        if not (float(clip_threshold) > 0.0):
+        if not (as_float("clip_threshold", clip_threshold) > 0.0):
             raise ValueError(f"Invalid clip_threshold: {clip_threshold!r}; it must be > 0")
-        if not (float(decay_rate) <= 0.0):
+        if not (as_float("decay_rate", decay_rate) <= 0.0):
             raise ValueError(f"Invalid decay_rate: {decay_rate!r}; it must be <= 0 "
                              "(beta2 = 1 - step**decay_rate must stay in [0, 1))")
         if beta1 is not None:
@@ -77,12 +78,24 @@ class Adafactor(KernelOptimizer):
                         warmup_init=warmup_init)
         super().__init__(params, defaults)
 
+    def _state_dtype(self, group, key, param):
+        return torch.float32  # every Adafactor state is float32, whatever the parameter
+
     def _empty(self, device: torch.device) -> Tensor:
         # the col_states placeholder of a parameter that is not factored
         cache = self.__dict__.setdefault("_empty_states", {})
         if device not in cache:
             cache[device] = torch.empty(0, dtype=torch.float32, device=device)
         return cache[device]
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        if _DTensor is not None and any(isinstance(p, _DTensor) for p in params):
+            raise ValueError("Adafactor does not step FSDP2-sharded (DTensor) parameters: its "
+                             "factored statistics span whole rows and columns of each matrix; "
+                             "train with DDP, or use FusedAdamW/AnyPrecisionAdamW with FSDP2")
+        super().add_param_group(param_group)
 
     def _init_group(self, group: dict[str, Any]):
         params, grads, exp_avgs, rows, cols, steps = [], [], [], [], [], []

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from pytrainer import ops
-from pytrainer.optim._base import KernelOptimizer
+from pytrainer.optim._base import _DTensor, KernelOptimizer, local_tensor
 from pytrainer.optim._validation import check_betas, check_eps, check_lr, check_weight_decay
 
 __all__ = ["FusedAdamW"]
@@ -74,6 +74,11 @@ class FusedAdamW(KernelOptimizer):
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
             steps.append(state["step"])
+        if params and _DTensor is not None and isinstance(params[0], _DTensor):
+            # FSDP2: states are DTensors like their params; the kernel steps the shards
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = (
+                [local_tensor(t) for t in ts]
+                for ts in (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs))
         return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
 
     def _step_group(self, group, grad_scale, found_inf, write_back_grads) -> None:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from pytrainer import ops
 from pytrainer._suggest import invalid_choice_message
-from pytrainer.optim._base import KernelOptimizer
+from pytrainer.optim._base import _DTensor, KernelOptimizer, local_tensor
 from pytrainer.optim._validation import check_betas, check_eps, check_lr, check_weight_decay
 
 __all__ = ["AnyPrecisionAdamW", "STATE_DTYPES", "resolve_state_dtype"]
@@ -20,6 +20,13 @@ STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 ROUNDINGS = ("nearest", "stochastic")
 # the op's `rounding` argument
 _NEAREST, _KAHAN, _STOCHASTIC = 0, 1, 2
+
+
+def state_dtype_name(name: str, value: Any) -> str:
+    """The name param groups store (plain strings keep state dicts loadable
+    everywhere: JSON, weights_only, torch.distributed.checkpoint)."""
+    dtype = resolve_state_dtype(name, value)
+    return next(key for key, known in STATE_DTYPES.items() if known == dtype)
 
 
 def resolve_state_dtype(name: str, value: Any) -> torch.dtype:
@@ -86,32 +93,29 @@ class AnyPrecisionAdamW(KernelOptimizer):
             raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         use_kahan_summation=use_kahan_summation,
-                        momentum_dtype=resolve_state_dtype("momentum_dtype", momentum_dtype),
-                        variance_dtype=resolve_state_dtype("variance_dtype", variance_dtype),
-                        compensation_buffer_dtype=resolve_state_dtype(
+                        momentum_dtype=state_dtype_name("momentum_dtype", momentum_dtype),
+                        variance_dtype=state_dtype_name("variance_dtype", variance_dtype),
+                        compensation_buffer_dtype=state_dtype_name(
                             "compensation_buffer_dtype", compensation_buffer_dtype),
                         rounding=rounding, seed=seed)
         super().__init__(params, defaults)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # torch.optim casts every floating state to the parameter's dtype, which
-        # would round a float32 momentum of bfloat16 weights: recast the saved
-        # tensors to the configured state dtypes instead.
-        saved = state_dict["state"]
-        saved_ids = [group["params"] for group in state_dict["param_groups"]]
-        super().load_state_dict(state_dict)
-        for group, ids in zip(self.param_groups, saved_ids):
-            dtypes = {"exp_avg": group["momentum_dtype"], "exp_avg_sq": group["variance_dtype"],
-                      "compensation": group["compensation_buffer_dtype"]}
-            for p, pid in zip(group["params"], ids):
-                for key, tensor in saved.get(pid, {}).items():
-                    if key in dtypes and isinstance(tensor, Tensor):
-                        self.state[p][key] = tensor.to(device=p.device, dtype=dtypes[key])
+    def _state_dtype(self, group, key, param):
+        return self._state_dtypes(group).get(key)
+
+    @staticmethod
+    def _state_dtypes(group: dict[str, Any]) -> dict[str, torch.dtype]:
+        """The group's state dtypes (names, or torch.dtype in older state dicts)."""
+        return {"exp_avg": resolve_state_dtype("momentum_dtype", group["momentum_dtype"]),
+                "exp_avg_sq": resolve_state_dtype("variance_dtype", group["variance_dtype"]),
+                "compensation": resolve_state_dtype("compensation_buffer_dtype",
+                                                    group["compensation_buffer_dtype"])}
 
     def _init_group(self, group: dict[str, Any], first_id: int):
         params, grads, exp_avgs, exp_avg_sqs, compensations, steps, ids = [], [], [], [], [], [], []
         kahan = group["use_kahan_summation"]
-        m_dtype, v_dtype = group["momentum_dtype"], group["variance_dtype"]
+        dtypes = self._state_dtypes(group)
+        m_dtype, v_dtype = dtypes["exp_avg"], dtypes["exp_avg_sq"]
         for index, p in enumerate(group["params"], start=first_id):
             grad = p.grad
             if grad is None:
@@ -126,8 +130,7 @@ class AnyPrecisionAdamW(KernelOptimizer):
             if kahan:
                 if "compensation" not in state:
                     state["compensation"] = torch.zeros_like(
-                        p, dtype=group["compensation_buffer_dtype"],
-                        memory_format=torch.preserve_format)
+                        p, dtype=dtypes["compensation"], memory_format=torch.preserve_format)
                 compensations.append(state["compensation"])
             params.append(p)
             grads.append(grad)
@@ -135,6 +138,11 @@ class AnyPrecisionAdamW(KernelOptimizer):
             exp_avg_sqs.append(state["exp_avg_sq"])
             steps.append(state["step"])
             ids.append(index)
+        if params and _DTensor is not None and isinstance(params[0], _DTensor):
+            # FSDP2: states are DTensors like their params; the kernel steps the shards
+            params, grads, exp_avgs, exp_avg_sqs, compensations = (
+                [local_tensor(t) for t in ts]
+                for ts in (params, grads, exp_avgs, exp_avg_sqs, compensations))
         return params, grads, exp_avgs, exp_avg_sqs, compensations, steps, ids
 
     def _step_groups(self, grad_scale, found_inf, write_back_grads) -> None:

@@ -61,28 +61,32 @@ def _write(path: Path, write: Callable[[Path], None]) -> None:
     _fsync(path)
 
 
-def _shared_storage_groups(state: dict[str, torch.Tensor]) -> list[list[str]]:
-    """Names of tensors that are views of the same memory (tied weights)."""
-    groups: dict[tuple, list[str]] = {}
-    for name, tensor in state.items():
-        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
-               tuple(tensor.shape), tuple(tensor.stride()))
-        groups.setdefault(key, []).append(name)
+def tied_groups(model: nn.Module) -> list[list[str]]:
+    """Names under which the same tensor appears in the model's state (tied
+    weights), first name first."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(name)
     return [names for names in groups.values() if len(names) > 1]
 
 
-def model_state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state with each tied tensor once (under its first name):
+def drop_aliases(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with each tied tensor once (under its first name), contiguous:
     safetensors stores no aliases, and loading re-ties through the module."""
-    state = model.state_dict()
-    for names in _shared_storage_groups(state):
+    state = dict(state)
+    for names in tied_groups(model):
         for alias in names[1:]:
-            del state[alias]
+            state.pop(alias, None)
     return {name: t.detach().contiguous() for name, t in state.items()}
 
 
-def _save_weights(model: nn.Module, folder: Path, safetensors: bool) -> None:
-    state = model_state_to_save(model)
+def model_state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    return drop_aliases(model, model.state_dict())
+
+
+def _save_weights(model: nn.Module, folder: Path, safetensors: bool,
+                  state: dict[str, torch.Tensor] | None = None) -> None:
+    state = model_state_to_save(model) if state is None else state
     if safetensors:
         from safetensors.torch import save_file
         cpu_state = {k: v.cpu() for k, v in state.items()}
@@ -93,12 +97,14 @@ def _save_weights(model: nn.Module, folder: Path, safetensors: bool) -> None:
 
 
 def save_checkpoint(output_dir: str, step: int, *, model: nn.Module,
-                    optimizer: torch.optim.Optimizer | None, scheduler: Any, scaler: Any,
+                    optimizer_state: dict[str, Any] | None, scheduler: Any, scaler: Any,
                     state: TrainerState, args_json: str, rng_state: dict[str, Any],
                     safetensors: bool = True, rank: int = 0, world_size: int = 1,
-                    barrier: Callable[[], None] = lambda: None) -> str:
+                    barrier: Callable[[], None] = lambda: None,
+                    model_state: dict[str, torch.Tensor] | None = None) -> str:
     """Writes ``checkpoint-<step>`` atomically and returns its path. Under
-    torch.distributed every rank calls it: rank 0 writes the shared files, every
+    torch.distributed every rank calls it: rank 0 writes the shared files (the
+    model's and optimizer's full states, given by the caller when sharded), every
     rank its random state, and rank 0 renames once all have written."""
     out = Path(output_dir)
     tmp = out / f"{TMP_PREFIX}{step}"
@@ -111,9 +117,9 @@ def save_checkpoint(output_dir: str, step: int, *, model: nn.Module,
     barrier()
     _write(tmp / rng_file(rank, world_size), lambda p: torch.save(rng_state, p))
     if rank == 0:
-        _save_weights(model, tmp, safetensors)
-        if optimizer is not None:
-            _write(tmp / OPTIMIZER, lambda p: torch.save(optimizer.state_dict(), p))
+        _save_weights(model, tmp, safetensors, model_state)
+        if optimizer_state is not None:
+            _write(tmp / OPTIMIZER, lambda p: torch.save(optimizer_state, p))
         if scheduler is not None:
             _write(tmp / SCHEDULER, lambda p: torch.save(scheduler.state_dict(), p))
         if scaler is not None:
@@ -197,12 +203,14 @@ def _model_differences(expected: dict[str, torch.Size], found: dict[str, tuple[i
     return lines
 
 
-def load_model_weights(model: nn.Module, checkpoint: str) -> None:
+def load_model_weights(model: nn.Module, checkpoint: str,
+                       load: Callable[[dict[str, torch.Tensor]], None] | None = None) -> None:
     """Loads the checkpoint's weights into ``model``; a CheckpointError listing every
-    difference of names or shapes, or naming the corrupted file."""
+    difference of names or shapes, or naming the corrupted file. ``load`` puts the
+    full state into the model (default ``model.load_state_dict``; FSDP2 shards it)."""
     folder = Path(checkpoint)
     state = model.state_dict()
-    aliases = {alias: names[0] for names in _shared_storage_groups(state) for alias in names[1:]}
+    aliases = {alias: names[0] for names in tied_groups(model) for alias in names[1:]}
     expected = {name: t.shape for name, t in state.items()}
     if (folder / WEIGHTS_SAFETENSORS).is_file():
         from safetensors import safe_open
@@ -226,7 +234,10 @@ def load_model_weights(model: nn.Module, checkpoint: str) -> None:
                               "\n  ".join(differences))
     for alias, source in aliases.items():
         loaded.setdefault(alias, loaded[source])
-    model.load_state_dict(loaded, strict=True)
+    if load is None:
+        model.load_state_dict(loaded, strict=True)
+    else:
+        load(loaded)
 
 
 # ---------------------------------------------------------------------- rotation

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "init_distributed", "select_device", "DistributedSetupError"]
+__all__ = ["DistributedContext", "init_distributed", "select_device", "DistributedSetupError",
+           "fsdp2_available", "shard_fsdp2"]
 
 
 class DistributedSetupError(RuntimeError):
@@ -63,7 +64,10 @@ class DistributedContext:
         return box[0]
 
     def shutdown(self) -> None:
+        """Leaves the process group (when this context created it) once every rank
+        is done: no rank tears down its connections under a peer still talking."""
         if self.owns_group and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
 
@@ -129,3 +133,25 @@ def select_device(use_cpu: bool, context: DistributedContext) -> torch.device:
     if mps is not None and mps.is_available() and not context.enabled:
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def fsdp2_available() -> bool:
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def shard_fsdp2(model: torch.nn.Module) -> None:
+    """FSDP2 in place: each child module with parameters is a unit, then the root
+    (which takes the rest); parameters become DTensors holding this rank's shard."""
+    if not fsdp2_available():
+        raise DistributedSetupError(
+            f"fsdp2=True needs torch.distributed.fsdp.fully_shard (torch >= 2.6); this is torch "
+            f"{torch.__version__}")
+    from torch.distributed.fsdp import fully_shard
+    for child in model.children():
+        if any(p.requires_grad for p in child.parameters()):
+            fully_shard(child)
+    fully_shard(model)

@@ -10,6 +10,7 @@ inf/NaN flag go straight into the fused kernel (``step_scaled``).
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import inspect
 import logging
@@ -143,7 +144,22 @@ class Trainer:
         self.callback_handler = CallbackHandler(default + list(callbacks or []),
                                                 model=self.model, processing_class=None)
         self._resumed_from: str | None = None
+        self._optimizer_built_here = False
+        self._fsdp2 = False
         self.control = self.callback_handler.call("on_init_end", args, self.state, self.control)
+        if self.dist.enabled:
+            # a script that never calls close() still tears down in the safe order
+            atexit.register(self.close)
+
+    def close(self) -> None:
+        """Releases the distributed resources: the DDP wrapper first (its reducer
+        talks to the process group), then the process group this Trainer created.
+        Call at the end of a torchrun script (``pytrainer train`` does)."""
+        if self.model_wrapped is not self.model:
+            self.model_wrapped = self.model
+            import gc
+            gc.collect()
+        self.dist.shutdown()
 
     # ------------------------------------------------------------ callbacks
     def add_callback(self, callback: TrainerCallback | type) -> None:
@@ -160,6 +176,7 @@ class Trainer:
         if self.optimizer is None:
             from pytrainer.optim import create_optimizer
             self.optimizer = create_optimizer(self.model, self.args)
+            self._optimizer_built_here = True
         return self.optimizer
 
     def create_scheduler(self, num_training_steps: int) -> Any:
@@ -171,13 +188,37 @@ class Trainer:
         return self.lr_scheduler
 
     def _wrap_model(self) -> nn.Module:
-        if self.dist.enabled and not isinstance(self.model_wrapped,
-                                                nn.parallel.DistributedDataParallel):
+        """DistributedDataParallel under torchrun, or FSDP2 (``fsdp2``: every child
+        module with parameters, then the root, sharded in place)."""
+        if not self.dist.enabled or self.model_wrapped is not self.model:
+            return self.model_wrapped
+        if self.args.fsdp2:
+            from pytrainer.trainer.distributed import shard_fsdp2
+            shard_fsdp2(self.model)
+            self.model_wrapped = self.model
+            self._fsdp2 = True
+            if self.optimizer is not None and self._optimizer_built_here:
+                # parameters became DTensors: build the optimizer over them
+                self.optimizer = None
+                self.create_optimizer()
+                self.lr_scheduler = None
+        else:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model_wrapped = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=ids,
                 find_unused_parameters=bool(self.args.ddp_find_unused_parameters))
         return self.model_wrapped
+
+    def _gradient_sync(self, model: nn.Module, enabled: bool):
+        """The all-reduce of gradients runs on the last micro-batch of a window only."""
+        if enabled:
+            if getattr(self, "_fsdp2", False):
+                model.set_requires_gradient_sync(True)
+            return contextlib.nullcontext()
+        if getattr(self, "_fsdp2", False):
+            model.set_requires_gradient_sync(False)
+            return contextlib.nullcontext()
+        return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
 
     def _autocast(self):
         if self.args.bf16:
@@ -219,6 +260,7 @@ class Trainer:
             max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
             num_epochs = math.ceil(args.num_train_epochs)
 
+        model = self._wrap_model()
         self.create_optimizer()
         self.create_scheduler(max_steps)
         intervals = args.resolve_steps(max_steps)
@@ -232,7 +274,6 @@ class Trainer:
             self._load_checkpoint(checkpoint)
         epochs_done, steps_done_in_epoch = divmod(self.state.global_step, steps_per_epoch)
 
-        model = self._wrap_model()
         self.callback_handler.objects.update(model=self.model, train_dataloader=loader)
         self._event("on_train_begin")
         model.train()
@@ -271,7 +312,14 @@ class Trainer:
         train_loss = self.state.total_loss / max(self.state.global_step, 1)
         if args.load_best_model_at_end and self.state.best_model_checkpoint:
             self.dist.barrier()
-            ckpt.load_model_weights(self.model, self.state.best_model_checkpoint)
+            best = self.state.best_model_checkpoint
+            if self._fsdp2:
+                from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                                     set_model_state_dict)
+                ckpt.load_model_weights(self.model, best, load=lambda full: set_model_state_dict(
+                    self.model, full, options=StateDictOptions(full_state_dict=True)))
+            else:
+                ckpt.load_model_weights(self.model, best)
         metrics = {"train_runtime": runtime,
                    "train_samples_per_second": samples * self.dist.world_size / max(runtime, 1e-9),
                    "train_steps_per_second": steps / max(runtime, 1e-9),
@@ -289,8 +337,7 @@ class Trainer:
         samples = 0
         for i, batch in enumerate(window):
             last = i == len(window) - 1
-            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-            with sync:
+            with self._gradient_sync(model, enabled=last):
                 step_loss += self.training_step(model, batch, num_items, len(window))
             samples += batch_size_of(batch)
             if not last:
@@ -324,8 +371,7 @@ class Trainer:
             self.scaler.scale(loss).backward()
         else:
             loss.backward()
-        if num_items_in_batch is not None and self._uses_item_count():
-            return loss.detach() / self.dist.world_size
+        # as the gradient all-reduce sees it: the mean over ranks is the global loss
         return loss.detach()
 
     def _uses_item_count(self) -> bool:
@@ -360,7 +406,10 @@ class Trainer:
             self.scaler.unscale_(optimizer)
         norm = self._total_norm(grads)
         self._grad_norm = norm
-        bad = ~(torch.isfinite(norm) & torch.isfinite(step_loss))
+        # every rank must take the same decision: the grads (hence the norm) are
+        # reduced already; the loss flag is summed over ranks
+        loss_bad = self.dist.all_reduce_sum((~torch.isfinite(step_loss)).to(torch.float32))
+        bad = ~torch.isfinite(norm) | (loss_bad > 0)
         clip = args.max_grad_norm > 0
         self._event("on_pre_optimizer_step")
         self._lr_used = self._current_lr()
@@ -404,10 +453,16 @@ class Trainer:
         self._check_nonfinite()
 
     def _total_norm(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """The 2-norm of all gradients, on the device (of the full gradients when
+        FSDP2 shards them: local sums of squares reduced over ranks)."""
         if not grads:
             return torch.zeros((), device=self.device)
-        norms = torch._foreach_norm(grads)
-        return torch.linalg.vector_norm(torch.stack([n.float().to(self.device) for n in norms]))
+        from pytrainer.optim._base import local_tensor
+        local = [local_tensor(g) for g in grads]
+        squares = torch.stack([n.float().to(self.device) for n in torch._foreach_norm(local)]).square().sum()
+        if self._fsdp2:
+            self.dist.all_reduce_sum(squares)
+        return squares.sqrt()
 
     def _current_lr(self) -> float:
         if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "get_last_lr"):
@@ -464,7 +519,10 @@ class Trainer:
 
     # ------------------------------------------------------------ log / eval / save
     def _flush_loss_accumulators(self) -> tuple[float, int]:
-        """Moves the device loss sums into the state (a host read)."""
+        """Moves the device loss sums into the state (a host read); every rank takes
+        part (the loss logged is the mean over ranks, the loss of the global batch)."""
+        self.dist.all_reduce_sum(self._loss_sum)
+        self._loss_sum /= self.dist.world_size
         loss = float(self._loss_sum.item())
         good = int(self._good_steps.item())
         self.state.total_loss += loss
@@ -532,17 +590,52 @@ class Trainer:
         self.state.loss_since_log = float(self._loss_sum.item())
         self.state.steps_since_log = int(self._good_steps.item())
         self.state.consecutive_bad_steps = int(self._streak.item())
+        model_state, optimizer_state = self._full_states()
         path = ckpt.save_checkpoint(
-            args.output_dir, self.state.global_step, model=self.model, optimizer=self.optimizer,
-            scheduler=self.lr_scheduler, scaler=self.scaler, state=self.state,
-            args_json=args.to_json_string(), rng_state=self._rng_state(),
+            args.output_dir, self.state.global_step, model=self.model,
+            optimizer_state=optimizer_state, scheduler=self.lr_scheduler, scaler=self.scaler,
+            state=self.state, args_json=args.to_json_string(), rng_state=self._rng_state(),
             safetensors=args.save_safetensors, rank=self.dist.rank,
-            world_size=self.dist.world_size, barrier=self.dist.barrier)
+            world_size=self.dist.world_size, barrier=self.dist.barrier, model_state=model_state)
         if self.dist.is_main:
             ckpt.rotate_checkpoints(args.output_dir, args.save_total_limit,
                                     keep={self.state.best_model_checkpoint, self._resumed_from})
         self.dist.barrier()
         return path
+
+    def _full_states(self) -> tuple[dict | None, dict | None]:
+        """The model's state (each tied tensor once) and the optimizer's, whole, on
+        rank 0. Under FSDP2 every rank takes part in gathering the shards."""
+        if not self._fsdp2:
+            if not self.dist.is_main:
+                return None, None
+            return ckpt.model_state_to_save(self.model), self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             get_model_state_dict,
+                                                             get_optimizer_state_dict)
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(self.model, options=options)
+        optimizer_state = get_optimizer_state_dict(self.model, self.optimizer, options=options)
+        if not self.dist.is_main:
+            return None, None
+        return ckpt.drop_aliases(self.model, model_state), optimizer_state
+
+    def _load_full_states(self, path: str, optimizer_state: dict) -> None:
+        if not self._fsdp2:
+            ckpt.load_model_weights(self.model, path)
+            self.optimizer.load_state_dict(optimizer_state)
+            return
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                             set_model_state_dict,
+                                                             set_optimizer_state_dict)
+        options = StateDictOptions(full_state_dict=True)
+        ckpt.load_model_weights(
+            self.model, path, load=lambda full: set_model_state_dict(self.model, full,
+                                                                     options=options))
+        set_optimizer_state_dict(self.model, self.optimizer, optimizer_state, options=options)
+        from pytrainer.optim._base import KernelOptimizer
+        if isinstance(self.optimizer, KernelOptimizer):
+            self.optimizer._place_steps()
 
     def _resolve_checkpoint(self, resume: str | bool | None) -> str | None:
         if resume is None or resume is False:
@@ -561,8 +654,7 @@ class Trainer:
         ckpt.check_checkpoint(path)
         folder = Path(path)
         state = TrainerState.load_from_json(str(folder / ckpt.TRAINER_STATE))
-        ckpt.load_model_weights(self.model, path)
-        self.optimizer.load_state_dict(ckpt.load_tensors(folder / ckpt.OPTIMIZER))
+        self._load_full_states(path, ckpt.load_tensors(folder / ckpt.OPTIMIZER))
         if self.lr_scheduler is not None and (folder / ckpt.SCHEDULER).is_file():
             self.lr_scheduler.load_state_dict(ckpt.load_tensors(folder / ckpt.SCHEDULER))
         if self.scaler is not None:
@@ -586,10 +678,17 @@ class Trainer:
     def save_model(self, output_dir: str | None = None) -> None:
         """The model weights (and the arguments) in ``output_dir`` (default: the run's)."""
         output_dir = output_dir or self.args.output_dir
+        model_state = None
+        if self._fsdp2:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                                 get_model_state_dict)
+            model_state = ckpt.drop_aliases(self.model, get_model_state_dict(
+                self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
         if self.dist.is_main:
             os.makedirs(output_dir, exist_ok=True)
             from pathlib import Path
-            ckpt._save_weights(self.model, Path(output_dir), self.args.save_safetensors)
+            ckpt._save_weights(self.model, Path(output_dir), self.args.save_safetensors,
+                               model_state)
             Path(output_dir, ckpt.TRAINING_ARGS).write_text(self.args.to_json_string(),
                                                             encoding="utf-8")
         self.dist.barrier()

@@ -1,0 +1,149 @@
+"""Data-parallel training with torchrun on the CPU (gloo, 2 processes): N ranks
+with batch b train like one process with batch N*b."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pytrainer import ops
+from pytrainer.trainer.distributed import fsdp2_available
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.skipif(not ops.available(), reason="compiled kernels not built"),
+              pytest.mark.skipif(not torch.distributed.is_available(),
+                                 reason="torch.distributed is not available")]
+
+
+def launch(tmp_path, name, config, nproc=2):
+    """Runs the worker (under torchrun when nproc > 1); returns its result."""
+    config = dict(config, output_dir=str(tmp_path / config.get("dir", name)))
+    config_path, out_path = tmp_path / f"{name}.json", tmp_path / f"{name}.out.json"
+    config_path.write_text(json.dumps(config))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    worker = [str(ROOT / "tests" / "dist_worker.py"), str(config_path), str(out_path)]
+    if nproc > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={nproc}", *worker]
+    else:
+        command = [sys.executable, *worker]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return json.loads(out_path.read_text())
+
+
+def assert_params_close(a, b, rel=1e-5):
+    scale = max(max(abs(x) for x in v) for v in a["params"].values())
+    for name, values in a["params"].items():
+        diff = max(abs(x - y) for x, y in zip(values, b["params"][name]))
+        assert diff <= rel * scale, (name, diff)
+
+
+CASES = {
+    "sgd": dict(model="regression", sgd=True, args=dict(max_grad_norm=0.0,
+                                                          lr_scheduler_type="constant")),
+    "sgd-accumulation": dict(model="regression", sgd=True, accumulation=2,
+                             args=dict(max_grad_norm=0.0, lr_scheduler_type="constant")),
+    "fused-adamw": dict(model="regression", args=dict(optim="adamw_custom_fused",
+                                                       learning_rate=0.05)),
+    "fused-adamw-accumulation": dict(model="regression", accumulation=2,
+                                     args=dict(optim="adamw_custom_fused", learning_rate=0.05)),
+    "padded-tokens-sgd": dict(model="token", sgd=True, accumulation=2,
+                              args=dict(max_grad_norm=0.0, lr_scheduler_type="constant")),
+    "padded-tokens-fused-adamw": dict(model="token", accumulation=2,
+                                      args=dict(optim="adamw_custom_fused", learning_rate=0.02)),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_two_ranks_of_batch_4_equal_one_process_of_batch_8(tmp_path, case):
+    config = CASES[case]
+    ga = config.get("accumulation", 1)
+    single = dict(config, args=dict(config["args"], per_device_train_batch_size=8,
+                                    gradient_accumulation_steps=ga))
+    double = dict(config, args=dict(config["args"], per_device_train_batch_size=4,
+                                    gradient_accumulation_steps=ga))
+    one = launch(tmp_path, "one", single, nproc=1)
+    two = launch(tmp_path, "two", double, nproc=2)
+    assert two["world_size"] == 2 and one["global_step"] == two["global_step"]
+    assert_params_close(one, two)
+    # the logged loss is the global batch's
+    losses = lambda run: [e["loss"] for e in run["history"] if "loss" in e]
+    assert losses(two) == pytest.approx(losses(one), rel=1e-5)
+
+
+def test_resumed_two_rank_run_equals_the_uninterrupted_one(tmp_path):
+    base = dict(model="regression", args=dict(
+        optim="adamw_custom_fused", learning_rate=0.05, per_device_train_batch_size=4,
+        gradient_accumulation_steps=2, save_strategy="steps", save_steps=4, max_steps=12))
+    full = launch(tmp_path, "full", base)
+    launch(tmp_path, "first", dict(base, dir="interrupted", stop_at=8))
+    assert {p.name for p in (tmp_path / "interrupted").iterdir() if p.name.startswith("checkpoint")} \
+        == {"checkpoint-4", "checkpoint-8"}
+    assert (tmp_path / "interrupted" / "checkpoint-8" / "rng_state_1.pth").is_file()
+    resumed = launch(tmp_path, "resumed", dict(base, dir="interrupted", resume=True))
+    assert resumed["params"] == full["params"]
+    assert resumed["history"] == full["history"]
+
+
+def test_evaluation_under_two_ranks_equals_one_process(tmp_path):
+    config = dict(model="token", args=dict(max_steps=2, per_device_train_batch_size=4))
+    one = launch(tmp_path, "one", dict(config, args=dict(config["args"],
+                                                           per_device_train_batch_size=8)), 1)
+    two = launch(tmp_path, "two", config)
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-6)
+
+
+@pytest.mark.skipif(not fsdp2_available(), reason="torch.distributed.fsdp.fully_shard missing")
+@pytest.mark.parametrize("optim", ["adamw_custom_fused", "adamw_anyprecision"])
+def test_fsdp2_shards_train_like_one_process(tmp_path, optim):
+    config = dict(model="token", accumulation=2, args=dict(
+        optim=optim, learning_rate=0.02, gradient_accumulation_steps=2, save_strategy="steps",
+        save_steps=3))
+    one = launch(tmp_path, "one", dict(config, args=dict(config["args"],
+                                                           per_device_train_batch_size=8)), 1)
+    two = launch(tmp_path, "two", dict(config, args=dict(config["args"], fsdp2=True,
+                                                           per_device_train_batch_size=4)))
+    assert_params_close(one, two)
+    # a checkpoint of the sharded run resumes to the same end
+    resumed = launch(tmp_path, "resumed", dict(config, dir="two", resume=str(
+        tmp_path / "two" / "checkpoint-3"), args=dict(config["args"], fsdp2=True,
+                                                      per_device_train_batch_size=4)))
+    assert_params_close(two, resumed, rel=1e-6)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_rank_that_cannot_reach_the_others_fails_clearly(tmp_path):
+    env = dict(os.environ, WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(_free_port()), PYTHONPATH=str(ROOT))
+    code = ("from pytrainer import Trainer, TrainingArguments\n"
+            "from tests.trainer_fixtures import RegressionModel\n"
+            f"Trainer(RegressionModel(), TrainingArguments({str(tmp_path)!r}, use_cpu=True, "
+            "ddp_timeout=5))\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    assert "could not join the process group" in done.stderr
+    assert "within 5 s" in done.stderr
+
+
+def test_world_without_rank_is_an_error(tmp_path, monkeypatch):
+    from pytrainer.trainer.distributed import DistributedSetupError, init_distributed
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    with pytest.raises(DistributedSetupError, match="launch with torchrun"):
+        init_distributed(use_cpu=True, timeout_s=5)
