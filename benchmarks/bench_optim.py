@@ -54,12 +54,15 @@ def param_sets(device: str, quick: bool) -> dict[str, list[tuple[int, ...]]]:
     else:
         # the same proportions scaled to about 50 M params: large enough to leave the caches
         llama = llama_shapes(432, 1728, 6750)
-    many = [(4096,)] * 4000
-    sets = {"llama": llama, "4000x4096": many, "1x16384000": [(4000 * 4096,)]}
+    sets = {"llama": llama, "4000x4096": [(4096,)] * 4000}
     if quick:
-        sets = {"llama": llama_shapes(128, 512, 2000, layers=4),
-                "400x256": [(256,)] * 400, "1x102400": [(400 * 256,)]}
+        sets = {"llama": llama_shapes(128, 512, 2000, layers=4), "400x256": [(256,)] * 400}
     return sets
+
+
+def one_tensor_twin(shapes):
+    """One tensor of the same total size: the reference of a many-tensor set."""
+    return [(sum(math.prod(s) for s in shapes),)]
 
 
 # ----------------------------------------------------------------- candidates
@@ -156,16 +159,22 @@ def make_params(shapes, dtype, device, seed=0):
     return params
 
 
-def bench_set(device, dtype, shapes, candidates, rounds, steps_per_round, timer, copy):
-    """Median step time per candidate (and of the copy) over interleaved rounds."""
+def bench_set(device, dtype, shapes, candidates, rounds, steps_per_round, timer, copy,
+              twins=()):
+    """Median step time per candidate (and of the copy) over interleaved rounds.
+    ``twins``: candidates timed on one tensor of the same size, named "<name> (1 tensor)"."""
     copy_fn, copy_bytes = copy
     runs = []
     for cand in candidates:
         params = make_params(shapes, dtype, device)
-        opt = cand.make(params)
+        runs.append((cand, cand.make(params)))
+    for cand in twins:
+        params = make_params(one_tensor_twin(shapes), dtype, device)
+        twin = Candidate(f"{cand.name} (1 tensor)", cand.make, cand.bytes_per_param, cand.anchor)
+        runs.append((twin, twin.make(params)))
+    for _, opt in runs:
         for _ in range(2):  # warm-up: state allocation, table building, caches
             opt.step()
-        runs.append((cand, opt))
     times = {c.name: [] for c, _ in runs}
     copy_times = []
     for _ in range(rounds):
@@ -180,20 +189,36 @@ def bench_set(device, dtype, shapes, candidates, rounds, steps_per_round, timer,
     return times, copy_times, copy_bytes
 
 
+def many_tensor_ratios(times: dict[str, list[float]]) -> dict[str, float]:
+    """Median over rounds of (many tensors' time / one tensor's time), per candidate."""
+    out = {}
+    for name, ts in times.items():
+        twin = times.get(f"{name} (1 tensor)")
+        if twin:
+            out[name] = statistics.median(a / b for a, b in zip(ts, twin))
+    return out
+
+
 def summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, cands):
     n_params = sum(math.prod(s) for s in shapes)
     copy_bw = copy_bytes / statistics.median(copy_times)
     by_name = {c.name: c for c in cands}
+    by_name.update({f"{c.name} (1 tensor)": c for c in cands})
+    ratios_many = many_tensor_ratios(times)
     rows = []
     for name, ts in times.items():
         med = statistics.median(ts)
         anchor = by_name[name].anchor
+        if name.endswith("(1 tensor)"):
+            anchor = f"{anchor} (1 tensor)"
         ratios = [r / t for r, t in zip(times[anchor], ts)] if anchor in times else []
         eff = n_params * by_name[name].bytes_per_param / med
         rows.append(dict(
             set=set_name, dtype=str(dtype).replace("torch.", ""), optimizer=name,
+            tensors=1 if name.endswith("(1 tensor)") else len(shapes),
+            time_over_one_tensor=ratios_many.get(name),
             bytes_per_param=by_name[name].bytes_per_param, anchor=anchor,
-            tensors=len(shapes), params=n_params, ms_per_step=med * 1e3,
+            params=n_params, ms_per_step=med * 1e3,
             ms_min=min(ts) * 1e3, params_per_s=n_params / med, effective_gb_s=eff / 1e9,
             fraction_of_copy_bw=eff / copy_bw, copy_gb_s=copy_bw / 1e9,
             speedup_vs_anchor=statistics.median(ratios) if ratios else None))
@@ -272,10 +297,10 @@ def main(argv=None):
             for dtype_name in args.dtypes:
                 dtype = getattr(torch, dtype_name)
                 cands = candidates(dtype)
-                if set_name.startswith("1x"):  # only the reference point of the many-tensor set
-                    cands = cands[:2]
+                # the many-tensor set: pytrainer and torch fused also on one tensor, same rounds
+                twins = cands[:2] if len(shapes) > 1000 or args.quick and set_name != "llama" else ()
                 times, copy_times, copy_bytes = bench_set(
-                    device, dtype, shapes, cands, args.rounds, args.steps, timer, copy)
+                    device, dtype, shapes, cands, args.rounds, args.steps, timer, copy, twins)
                 rows = summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, cands)
                 for r in rows:
                     r["device"] = device
@@ -283,7 +308,10 @@ def main(argv=None):
                                   f"({len(shapes)} tensors, {rows[0]['params'] / 1e6:.1f} M params), "
                                   f"{dtype_name}; copy bandwidth {rows[0]['copy_gb_s']:.1f} GB/s")
                 all_rows += rows
-    summary = many_tensor_ratios(all_rows)
+    summary = [f"{r['device']} {r['dtype']} {r['optimizer']}: {r['tensors']} tensors take "
+               f"{r['time_over_one_tensor']:.2f}x the time of one tensor of the same size "
+               f"(median of per-round ratios)"
+               for r in all_rows if r.get("time_over_one_tensor")]
     for line in summary:
         print(line)
     result = dict(environment=environment(devices[-1]), rows=all_rows, summary=summary)
@@ -291,23 +319,6 @@ def main(argv=None):
     print(f"json: {out / 'bench_optim.json'}")
     plot(all_rows, out / "bench_optim.png")
     return result
-
-
-def many_tensor_ratios(rows):
-    """Time of the many-small-tensors set over one tensor of the same size."""
-    lines = []
-    for dev in sorted({r["device"] for r in rows}):
-        for dtype in sorted({r["dtype"] for r in rows}):
-            for opt in ("pytrainer FusedAdamW", "torch AdamW fused"):
-                many = [r for r in rows if (r["device"], r["dtype"], r["optimizer"]) == (dev, dtype, opt)
-                        and r["tensors"] > 1 and r["set"] != "llama"]
-                one = [r for r in rows if (r["device"], r["dtype"], r["optimizer"]) == (dev, dtype, opt)
-                       and r["tensors"] == 1]
-                if many and one:
-                    lines.append(f"{dev} {dtype} {opt}: {many[0]['tensors']} tensors take "
-                                 f"{many[0]['ms_per_step'] / one[0]['ms_per_step']:.2f}x the time "
-                                 f"of one tensor of the same size")
-    return lines
 
 
 if __name__ == "__main__":

@@ -611,8 +611,10 @@ def mismatched_layouts(draw):
 
 
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """The kernels' rule: strides agree on every dim longer than 1."""
-    return all(a.stride(d) == b.stride(d) for d in range(a.dim()) if a.size(d) > 1)
+    """The kernels' rule: strides agree on every dim longer than 1 (any strides do
+    for an empty tensor: there is no element to walk)."""
+    return a.numel() == 0 or all(a.stride(d) == b.stride(d) for d in range(a.dim())
+                                 if a.size(d) > 1)
 
 
 def _make_opt(name, p):

@@ -113,7 +113,8 @@ def reloaded(cls, opt, ps, **kwargs):
 def assert_memory(opt, p, expected: dict[str, tuple[tuple[int, ...], torch.dtype]],
                   full_size: set[str]):
     """The states are exactly ``expected`` (shape and dtype per key), on p's device,
-    each in its own storage of exactly its size; ``full_size`` ones in p's layout."""
+    each (p is its optimizer's only parameter here) in a storage of exactly its
+    size; ``full_size`` ones in p's layout."""
     states = state_tensors(opt, p)
     assert set(states) == set(expected)
     for key, (shape, dtype) in expected.items():
@@ -259,3 +260,18 @@ def test_states_are_created_only_for_params_with_grads(device):
         opt.step()
         assert [bool(opt.state.get(p)) for p in ps] == [False, True, False], cls.__name__
         ps[1].grad = None
+
+
+def test_states_of_a_group_share_one_buffer_per_kind_without_waste():
+    """Contiguous params get views of one buffer per state: the group's states
+    take exactly two (three with amsgrad) times the params' bytes, in 2 (3) storages."""
+    ps = [torch.nn.Parameter(torch.randn(n)) for n in (5, 17, 300)] + \
+        [torch.nn.Parameter(torch.randn(4, 6).t())]  # not contiguous: its own state
+    for amsgrad, kinds in ((False, 2), (True, 3)):
+        opt = FusedAdamW(ps, amsgrad=amsgrad)
+        train(opt, ps, steps=1)
+        tensors = [t for p in ps for t in state_tensors(opt, p).values()]
+        assert storage_bytes(tensors) == kinds * sum(p.numel() * 4 for p in ps)
+        assert len({t.untyped_storage().data_ptr() for t in tensors}) == kinds + kinds
+        for p in ps:
+            assert all(same_layout(t, p) for t in state_tensors(opt, p).values())

@@ -10,8 +10,9 @@ bool supported_float(at::ScalarType t) {
 }
 
 // Same element order in memory: strides agree on every dimension longer than 1
-// (the stride of a size-1 dimension is meaningless).
+// (the stride of a size-1 dimension is meaningless, and so are all of an empty tensor's).
 bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0) return true;
   for (int64_t d = 0; d < a.dim(); ++d) {
     if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
   }

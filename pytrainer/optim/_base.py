@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from pytrainer import ops
+from pytrainer.optim._state_cache import (GroupCache, TrackedStateMap, Version, grads_or_none)
 from pytrainer.optim._validation import check_param_dtypes
 
 
@@ -44,12 +45,34 @@ class KernelOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         ops.require()
         super().__init__(params, defaults)
+        self._track_state()
+
+    def _track_state(self) -> None:
+        """Makes ``self.state`` count its changes (see _state_cache)."""
+        if "_version" not in self.__dict__:
+            self._version = Version()
+        self.state = TrackedStateMap(self._version, self.state)
+        self._version.bump()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._track_state()
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's layout, with plain dicts (weights_only loading refuses any
+        other class, so the state's change-counting dicts stay out of checkpoints)."""
+        state_dict = super().state_dict()
+        state_dict["state"] = {key: dict(value) if isinstance(value, dict) else value
+                               for key, value in state_dict["state"].items()}
+        return state_dict
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         check_param_dtypes(type(self).__name__, params, self._param_dtypes)
         super().add_param_group(param_group)
+        if "_version" in self.__dict__:
+            self._version.bump()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # torch.optim casts every floating state to its parameter's dtype, which
@@ -123,6 +146,76 @@ class KernelOptimizer(torch.optim.Optimizer):
     def _step_group(self, group: dict[str, Any], grad_scale: Tensor | None,
                     found_inf: Tensor | None, write_back_grads: bool) -> None:
         raise NotImplementedError
+
+    def _collect(self, group: dict[str, Any], keys: dict[str, torch.dtype | None]
+                 ) -> tuple[list[Tensor], list[Tensor], dict[str, list[Tensor]], list[Tensor]]:
+        """The group's parameters that have a gradient, their gradients, their
+        states ``keys`` (of the given dtype, None: the parameter's) and float32
+        ``step`` counts, created as zeros where missing.
+
+        When every parameter has a gradient the lists are kept for the next step,
+        as long as no state, state map or parameter list changed in between."""
+        if not isinstance(self.state, TrackedStateMap):  # replaced by the user
+            self._track_state()
+        caches = self.__dict__.setdefault("_group_caches", {})
+        params_list = group["params"]
+        key_names = tuple(keys)
+        cached = caches.get(id(group))
+        if cached is not None and cached.valid(self._version.value, params_list, key_names):
+            grads = grads_or_none(cached.params)
+            if grads is not None:
+                return cached.params, grads, cached.lists, cached.steps
+        params, grads, states, missing = [], [], [], []
+        for p in params_list:
+            grad = p.grad
+            if grad is None:
+                continue
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            for key in keys:
+                if key not in state:
+                    missing.append((p, state))
+                    break
+            params.append(p)
+            grads.append(grad)
+            states.append(state)
+        if missing:
+            self._create_states(missing, keys)
+        lists = {key: [state[key] for state in states] for key in keys}
+        steps = [state["step"] for state in states]
+        if len(params) == len(params_list) and not (
+                params and _DTensor is not None and isinstance(params[0], _DTensor)):
+            caches[id(group)] = GroupCache(self._version.value, params_list, key_names,
+                                           params, lists, steps)
+        return params, grads, lists, steps
+
+    @staticmethod
+    def _create_states(missing: list[tuple[Tensor, dict[str, Any]]],
+                       keys: dict[str, torch.dtype | None]) -> None:
+        # One buffer per state and (device, dtype) for the contiguous parameters,
+        # handed out as views: the kernels then stream each state through memory
+        # in one piece (separately allocated small states cost a third of the
+        # time of a step over thousands of tensors on the CPU), and the state
+        # dict still has one tensor per parameter, as torch.optim's.
+        for key, dtype in keys.items():
+            pending: dict[tuple, list[tuple[Tensor, dict[str, Any]]]] = {}
+            for p, state in missing:
+                if key in state:
+                    continue
+                if p.is_contiguous() and p.numel() > 0 and not (
+                        _DTensor is not None and isinstance(p, _DTensor)):
+                    pending.setdefault((p.device, dtype or p.dtype), []).append((p, state))
+                else:
+                    state[key] = torch.zeros_like(p, dtype=dtype,
+                                                  memory_format=torch.preserve_format)
+            for (device, buffer_dtype), members in pending.items():
+                buffer = torch.zeros(sum(p.numel() for p, _ in members), dtype=buffer_dtype,
+                                     device=device)
+                offset = 0
+                for p, state in members:
+                    state[key] = buffer[offset:offset + p.numel()].view(p.shape)
+                    offset += p.numel()
 
     @staticmethod
     def _on(tensor: Tensor | None, device: torch.device) -> Tensor | None:

@@ -54,26 +54,13 @@ class FusedAdamW(KernelOptimizer):
             group.setdefault("maximize", False)
 
     def _init_group(self, group: dict[str, Any]):
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], [], []
         amsgrad = group["amsgrad"]
-        for p in group["params"]:
-            grad = p.grad
-            if grad is None:
-                continue
-            state = self.state[p]
-            if not state:
-                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if amsgrad:
-                if "max_exp_avg_sq" not in state:
-                    state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                max_exp_avg_sqs.append(state["max_exp_avg_sq"])
-            params.append(p)
-            grads.append(grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
+        keys = {"exp_avg": None, "exp_avg_sq": None}
+        if amsgrad:
+            keys["max_exp_avg_sq"] = None
+        params, grads, lists, steps = self._collect(group, keys)
+        exp_avgs, exp_avg_sqs = lists["exp_avg"], lists["exp_avg_sq"]
+        max_exp_avg_sqs = lists["max_exp_avg_sq"] if amsgrad else []
         if params and _DTensor is not None and isinstance(params[0], _DTensor):
             # FSDP2: states are DTensors like their params; the kernel steps the shards
             params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = (

@@ -112,32 +112,16 @@ class AnyPrecisionAdamW(KernelOptimizer):
                                                     group["compensation_buffer_dtype"])}
 
     def _init_group(self, group: dict[str, Any], first_id: int):
-        params, grads, exp_avgs, exp_avg_sqs, compensations, steps, ids = [], [], [], [], [], [], []
         kahan = group["use_kahan_summation"]
         dtypes = self._state_dtypes(group)
-        m_dtype, v_dtype = dtypes["exp_avg"], dtypes["exp_avg_sq"]
-        for index, p in enumerate(group["params"], start=first_id):
-            grad = p.grad
-            if grad is None:
-                continue
-            state = self.state[p]
-            if not state:
-                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                state["exp_avg"] = torch.zeros_like(p, dtype=m_dtype,
-                                                    memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, dtype=v_dtype,
-                                                       memory_format=torch.preserve_format)
-            if kahan:
-                if "compensation" not in state:
-                    state["compensation"] = torch.zeros_like(
-                        p, dtype=dtypes["compensation"], memory_format=torch.preserve_format)
-                compensations.append(state["compensation"])
-            params.append(p)
-            grads.append(grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
-            ids.append(index)
+        keys = {"exp_avg": dtypes["exp_avg"], "exp_avg_sq": dtypes["exp_avg_sq"]}
+        if kahan:
+            keys["compensation"] = dtypes["compensation"]
+        params, grads, lists, steps = self._collect(group, keys)
+        exp_avgs, exp_avg_sqs = lists["exp_avg"], lists["exp_avg_sq"]
+        compensations = lists["compensation"] if kahan else []
+        # stochastic rounding keys each tensor by its position among all params
+        ids = [first_id + i for i, p in enumerate(group["params"]) if p.grad is not None]
         if params and _DTensor is not None and isinstance(params[0], _DTensor):
             # FSDP2: states are DTensors like their params; the kernel steps the shards
             params, grads, exp_avgs, exp_avg_sqs, compensations = (

@@ -1,0 +1,113 @@
+"""The per-group lists kept between steps never outlive a change of the state."""
+from __future__ import annotations
+
+import collections
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+
+from pytrainer import ops
+from pytrainer.optim import AnyPrecisionAdamW, FusedAdamW
+
+pytestmark = pytest.mark.skipif(not ops.available(), reason="compiled kernels not built")
+
+
+def setup(n=3):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5)) for _ in range(n)]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt = FusedAdamW(params, lr=0.1, weight_decay=0.0)
+    opt.step()
+    opt.step()  # the second step runs from the cached lists
+    return params, opt
+
+
+def test_replacing_a_state_tensor_is_seen():
+    params, opt = setup()
+    fresh = torch.full((5,), 7.0)
+    opt.state[params[1]]["exp_avg"] = fresh
+    opt.step()
+    assert not torch.equal(fresh, torch.full((5,), 7.0))  # updated in place by the kernel
+
+
+def test_replacing_a_whole_parameter_state_is_seen():
+    params, opt = setup()
+    opt.state[params[0]] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros(5),
+                            "exp_avg_sq": torch.zeros(5)}
+    opt.step()
+    assert opt.state[params[0]]["step"].item() == 1
+    assert opt.state[params[1]]["step"].item() == 3
+
+
+@pytest.mark.parametrize("change", ["clear", "del", "pop", "reassign"])
+def test_dropping_states_recreates_them(change):
+    params, opt = setup()
+    if change == "clear":
+        opt.state.clear()
+    elif change == "del":
+        del opt.state[params[2]]
+    elif change == "pop":
+        opt.state.pop(params[2])
+    else:
+        opt.state = collections.defaultdict(dict)
+    opt.step()
+    assert opt.state[params[2]]["step"].item() == 1
+
+
+def test_a_parameter_without_grad_is_skipped_then_stepped_again():
+    params, opt = setup()
+    saved = params[1].grad
+    params[1].grad = None
+    opt.step()
+    assert opt.state[params[1]]["step"].item() == 2
+    assert opt.state[params[0]]["step"].item() == 3
+    params[1].grad = saved
+    opt.step()
+    assert opt.state[params[1]]["step"].item() == 3
+
+
+def test_new_param_group_and_loaded_state_are_seen():
+    params, opt = setup()
+    extra = torch.nn.Parameter(torch.randn(4))
+    extra.grad = torch.ones_like(extra)
+    opt.add_param_group({"params": [extra]})
+    opt.step()
+    assert opt.state[extra]["step"].item() == 1
+    state = copy.deepcopy(opt.state_dict())
+    opt.step()
+    opt.load_state_dict(state)
+    opt.step()
+    assert opt.state[params[0]]["step"].item() == 4
+    assert opt.state[extra]["step"].item() == 2
+
+
+def test_state_dicts_and_copies_hold_plain_dicts():
+    params, opt = setup()
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    assert all(type(v) is dict for v in loaded["state"].values())
+    assert type(pickle.loads(pickle.dumps(opt.state[params[0]]))) is dict
+    clone = copy.deepcopy(opt)  # its own copies of the params and states
+    clone.step()
+    own = clone.param_groups[0]["params"][0]
+    assert clone.state[own]["step"].item() == 3
+    assert opt.state[params[0]]["step"].item() == 2
+
+
+def test_anyprecision_uses_the_cache_too():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(6).bfloat16()) for _ in range(2)]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt = AnyPrecisionAdamW(params, use_kahan_summation=True)
+    for _ in range(3):
+        opt.step()
+    opt.state[params[0]]["compensation"] = torch.zeros(6, dtype=torch.bfloat16)
+    opt.step()
+    assert opt.state[params[0]]["step"].item() == 4
