@@ -94,8 +94,9 @@ def test_state_dicts_and_copies_hold_plain_dicts():
     assert all(type(v) is dict for v in loaded["state"].values())
     assert type(pickle.loads(pickle.dumps(opt.state[params[0]]))) is dict
     clone = copy.deepcopy(opt)  # its own copies of the params and states
-    clone.step()
     own = clone.param_groups[0]["params"][0]
+    own.grad = torch.ones_like(own)
+    clone.step()
     assert clone.state[own]["step"].item() == 3
     assert opt.state[params[0]]["step"].item() == 2
 
