@@ -379,3 +379,25 @@ def test_no_host_reads_per_micro_batch(tmp_path, monkeypatch):
                                              optim="adamw_custom_fused"),
                 train_dataset=RegressionDataset(64)).train()
     assert counts["1"] == counts["4"]
+
+
+# ------------------------------------------------------------------ mixed precision
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_resumes(tmp_path, precision):
+    """Autocast on the CPU; fp16 adds a GradScaler whose state is checkpointed."""
+    def trainer(out, **kwargs):
+        return Trainer(TokenModel(), make_args(out, **{precision: True}, max_steps=8,
+                                               optim="adamw_custom_fused", learning_rate=1e-2,
+                                               save_strategy="steps", save_steps=4,
+                                               per_device_train_batch_size=4, **kwargs),
+                       train_dataset=TokenDataset(32), data_collator=PaddingCollator())
+
+    full = trainer(tmp_path / "full")
+    start = params_of(full.model)
+    full.train()
+    assert any(not torch.equal(start[n], p) for n, p in params_of(full.model).items())
+    assert (tmp_path / "full" / "checkpoint-4" / "scaler.pt").is_file() == (precision == "fp16")
+    resumed = trainer(tmp_path / "full")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    a, b = params_of(full.model), params_of(resumed.model)
+    assert all(torch.equal(a[n], b[n]) for n in a)
