@@ -401,3 +401,37 @@ def test_mixed_precision_trains_and_resumes(tmp_path, precision):
     resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
     a, b = params_of(full.model), params_of(resumed.model)
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+# ------------------------------------------------------------------ integrations
+def tensorboard_scalars(log_dir):
+    accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator").EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
+            for tag in accumulator.Tags()["scalars"]}
+
+
+@pytest.mark.parametrize("env_dir", [False, True])
+def test_report_to_tensorboard_writes_the_logged_scalars(tmp_path, monkeypatch, env_dir):
+    pytest.importorskip("tensorboard")
+    if env_dir:
+        monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    else:
+        monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    a = make_args(tmp_path / "out", report_to="tensorboard", max_steps=10, logging_steps=5,
+                  eval_strategy="steps", eval_steps=10)
+    trainer = Trainer(RegressionModel(), a, train_dataset=RegressionDataset(),
+                      eval_dataset=RegressionDataset(length=16, seed=1))
+    trainer.train()
+    if env_dir:
+        log_dir = tmp_path / "tb"
+    else:
+        (log_dir,) = (tmp_path / "out" / "runs").iterdir()  # one folder per run
+    scalars = tensorboard_scalars(log_dir)
+    logged = [r for r in trainer.state.log_history if "loss" in r]
+    assert [s for s, _ in scalars["train/loss"]] == [r["step"] for r in logged] == [5, 10]
+    assert [v for _, v in scalars["train/loss"]] == pytest.approx([r["loss"] for r in logged])
+    (evaluation,) = [r for r in trainer.state.log_history if "eval_loss" in r]
+    assert scalars["eval/loss"] == [(10, pytest.approx(evaluation["eval_loss"]))]
+    assert "train/learning_rate" in scalars

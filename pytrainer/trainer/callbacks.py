@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import sys
+from datetime import datetime
 from typing import Any
 
 from pytrainer.trainer.state import TrainerControl, TrainerState
@@ -147,16 +149,24 @@ class JsonLinesLogCallback(TrainerCallback):
 
 
 class TensorBoardCallback(TrainerCallback):
-    """Scalars of every log to TensorBoard, in ``output_dir/runs``."""
+    """Scalars of every log to TensorBoard, where Hugging Face writes them: the
+    ``TENSORBOARD_LOGGING_DIR`` environment variable when set, otherwise
+    ``output_dir/runs/<date>_<host>`` (a new folder per run, as torch's default)."""
 
     def __init__(self):
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
         self._writer_class = SummaryWriter
         self.writer = None
+        self.logging_dir = os.getenv("TENSORBOARD_LOGGING_DIR") or None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and self.writer is None:
-            self.writer = self._writer_class(log_dir=os.path.join(args.output_dir, "runs"))
+        if not state.is_world_process_zero or self.writer is not None:
+            return
+        if self.logging_dir is None:
+            run = datetime.now().strftime("%b%d_%H-%M-%S") + "_" + socket.gethostname()
+            self.logging_dir = os.path.join(args.output_dir, "runs", run)
+        self.writer = self._writer_class(log_dir=os.path.expanduser(self.logging_dir))
+        self.writer.add_text("args", args.to_json_string())
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.writer is None:
