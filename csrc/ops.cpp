@@ -139,7 +139,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("adafactor_", &adafactor_entry, "torch.ops.pytrainer.adafactor_ (positional arguments)");
   m.def("cpu_isa", []() { return std::string(pytrainer::cpu::kernels().name); },
         "The CPU instruction set the kernels use.");
+  m.def("cpu_isas", &pytrainer::cpu::supported_isas,
+        "The CPU instruction sets this CPU can run, best first.");
   m.def("set_cpu_isa", &pytrainer::cpu::set_isa, pybind11::arg("name"),
-        "Force 'AVX512', 'AVX2' or 'DEFAULT' (testing); '' restores the automatic choice.");
+        "Force one of cpu_isas() (testing); '' restores the automatic choice.");
 }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["KernelsUnavailableError", "available", "device_types", "has_kernels", "cpu_isa",
-           "require", "BUILD_HINT"]
+           "cpu_isas", "require", "BUILD_HINT"]
 
 BUILD_HINT = (
     "build it from the pytrainer source folder, after installing torch, with "
@@ -64,8 +64,14 @@ def has_kernels(device: str | torch.device, op: str = "adamw_") -> bool:
 
 
 def cpu_isa() -> str:
-    """The CPU instruction set the kernels use: ``AVX512``, ``AVX2`` or ``DEFAULT``."""
+    """The CPU instruction set the kernels use: ``AVX512_BF16``, ``AVX512``, ``AVX2``
+    or ``DEFAULT``."""
     return require().cpu_isa()
+
+
+def cpu_isas() -> list[str]:
+    """The CPU instruction sets this CPU can run the kernels with, best first."""
+    return list(require().cpu_isas())
 
 
 def check_device(device: torch.device, op: str) -> None:

@@ -27,17 +27,7 @@ def device(request) -> torch.device:
 
 
 def _available_isas() -> list[str]:
-    if not ops.available():
-        return []
-    found = []
-    for name in ("AVX512", "AVX2", "DEFAULT"):
-        try:
-            ops.require().set_cpu_isa(name)
-            found.append(name)
-        except RuntimeError:
-            pass
-    ops.require().set_cpu_isa("")
-    return found
+    return ops.cpu_isas() if ops.available() else []
 
 
 CPU_ISAS = _available_isas()

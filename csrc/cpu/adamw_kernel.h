@@ -8,9 +8,11 @@ using MathT = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 template <class T, bool AMSGRAD>
 void adamw_range(const void* task_ptr, int64_t begin, int64_t end) {
-  const AdamWTask& t = *static_cast<const AdamWTask*>(task_ptr);
+  // Copies, not references: the stores below go through pointers that may alias
+  // anything, which would make the compiler reload every field per vector.
+  const AdamWTask t = *static_cast<const AdamWTask*>(task_ptr);
   using M = MathT<T>;
-  const auto& c = *static_cast<const AdamWCoeffs<M>*>(t.coeffs);
+  const AdamWCoeffs<M> c = *static_cast<const AdamWCoeffs<M>*>(t.coeffs);
   T* p = static_cast<T*>(t.param);
   T* g = static_cast<T*>(t.grad);
   T* m = static_cast<T*>(t.exp_avg);

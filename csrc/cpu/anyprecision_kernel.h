@@ -3,20 +3,28 @@
 
 #include "common/anyprecision_math.h"
 
-// Rounding of the new momentum and variance to their dtypes.
-template <class V>
-struct StateRounding {
+// Rounds the new momentum and variance to their dtypes (for the update to read
+// them as stored, as torchdistx does), storing them as it goes.
+struct StoringStateRounding {
+  void* m_base;
+  void* v_base;
   Dt m_dt, v_dt;
-  V m(V x) const { return round(x, m_dt); }
-  V v(V x) const { return round(x, v_dt); }
-  static VecF round(VecF x, Dt dt) { return vround(x, dt); }
-  static float round(float x, Dt dt) { return sround(x, dt); }
+  int64_t i;
+  VecF m(VecF x) const { return vstore_round_any(m_base, m_dt, i, x); }
+  VecF v(VecF x) const { return vstore_round_any(v_base, v_dt, i, x); }
+};
+struct ScalarStateRounding {
+  Dt m_dt, v_dt;
+  float m(float x) const { return sround(x, m_dt); }
+  float v(float x) const { return sround(x, v_dt); }
 };
 
 template <class T, int ROUNDING>
 void anyprecision_range(const void* task_ptr, int64_t begin, int64_t end) {
-  const AnyPrecisionTask& t = *static_cast<const AnyPrecisionTask*>(task_ptr);
-  const auto& c = *static_cast<const AnyPrecisionCoeffs*>(t.coeffs);
+  // Copies, not references: the stores below go through pointers that may alias
+  // anything, which would make the compiler reload every field per vector.
+  const AnyPrecisionTask t = *static_cast<const AnyPrecisionTask*>(task_ptr);
+  const AnyPrecisionCoeffs c = *static_cast<const AnyPrecisionCoeffs*>(t.coeffs);
   constexpr Dt param_dt = std::is_same_v<T, float> ? kF32
                           : std::is_same_v<T, c10::BFloat16> ? kBF16 : kF16;
   T* p = static_cast<T*>(t.param);
@@ -27,7 +35,6 @@ void anyprecision_range(const void* task_ptr, int64_t begin, int64_t end) {
   int64_t i = begin;
   if constexpr (VecF::width > 1) {
     constexpr int W = VecF::width;
-    const StateRounding<VecF> round{t.momentum_dt, t.variance_dt};
     const VecF grad_mult(c.grad_mult);
     for (; i + W <= end; i += W) {
       VecF pv = vload(p + i);
@@ -35,14 +42,12 @@ void anyprecision_range(const void* task_ptr, int64_t begin, int64_t end) {
       VecF mv = vload_any(m, t.momentum_dt, i);
       VecF vv = vload_any(v, t.variance_dt, i);
       if (t.write_back_grad) vstore(g + i, gv);
+      const StoringStateRounding round{m, v, t.momentum_dt, t.variance_dt, i};
       const VecF u = anyprecision_update(pv, gv, mv, vv, c, round);
-      vstore_any(m, t.momentum_dt, i, mv);
-      vstore_any(v, t.variance_dt, i, vv);
       if constexpr (ROUNDING == kRoundKahan) {
         const VecF cv = vload_any(comp, t.compensation_dt, i) + u;
-        const VecF rounded = vround(pv + cv, param_dt);
-        vstore(p + i, rounded);
-        vstore_any(comp, t.compensation_dt, i, cv + (pv - rounded));
+        const VecF rounded = vstore_round(p + i, pv + cv);
+        vstore_round_any(comp, t.compensation_dt, i, cv + (pv - rounded));
       } else if constexpr (ROUNDING == kRoundStochastic) {
         vstore(p + i, vround_stochastic(pv + u, param_dt, t.rounding_key, i));
       } else {
@@ -50,7 +55,7 @@ void anyprecision_range(const void* task_ptr, int64_t begin, int64_t end) {
       }
     }
   }
-  const StateRounding<float> round{t.momentum_dt, t.variance_dt};
+  const ScalarStateRounding round{t.momentum_dt, t.variance_dt};
   for (; i < end; ++i) {
     float pv = sload(p + i);
     float gv = sload(g + i) * c.grad_mult;

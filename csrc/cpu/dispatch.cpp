@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <c10/util/Exception.h>
+#include <c10/util/StringUtil.h>
 
 #include <algorithm>
 #include <atomic>
@@ -17,14 +18,21 @@ bool cpu_has_avx512() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
          __builtin_cpu_supports("fma");
 }
+bool cpu_has_avx512_bf16() {
+  return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+}
 bool cpu_has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
          __builtin_cpu_supports("f16c");
 }
 #endif
 
+// Best first.
+constexpr const char* kIsaNames[] = {"AVX512_BF16", "AVX512", "AVX2", "DEFAULT"};
+
 const IsaKernels* by_name(const std::string& name) {
 #if defined(__x86_64__) || defined(_M_X64)
+  if (name == "AVX512_BF16") return cpu_has_avx512_bf16() ? &isa_avx512bf16() : nullptr;
   if (name == "AVX512") return cpu_has_avx512() ? &isa_avx512() : nullptr;
   if (name == "AVX2") return cpu_has_avx2() ? &isa_avx2() : nullptr;
 #endif
@@ -39,6 +47,7 @@ const IsaKernels* automatic() {
   const bool torch_avx512 = torch_isa.find("AVX512") != std::string::npos;
   const bool torch_avx2 = torch_avx512 || torch_isa.find("AVX2") != std::string::npos;
   if (torch_avx512) {
+    if (const IsaKernels* k = by_name("AVX512_BF16")) return k;
     if (const IsaKernels* k = by_name("AVX512")) return k;
   }
   if (torch_avx2) {
@@ -57,13 +66,22 @@ const IsaKernels& kernels() {
   return *chosen;
 }
 
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> names;
+  for (const char* name : kIsaNames) {
+    if (by_name(name) != nullptr) names.emplace_back(name);
+  }
+  return names;
+}
+
 std::string set_isa(const std::string& name) {
   if (name.empty()) {
     g_override.store(nullptr);
   } else {
     const IsaKernels* k = by_name(name);
     TORCH_CHECK(k != nullptr, "pytrainer: CPU instruction set '", name,
-                "' is unknown or not supported by this CPU; valid: AVX512, AVX2, DEFAULT");
+                "' is unknown or not supported by this CPU; valid here: ",
+                c10::Join(", ", supported_isas()));
     g_override.store(k);
   }
   return kernels().name;

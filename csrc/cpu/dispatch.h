@@ -14,8 +14,12 @@ namespace pytrainer::cpu {
 // (torch's ATEN_CPU_CAPABILITY, or our set_isa override, can lower it).
 const IsaKernels& kernels();
 
-// Forces an instruction set ("AVX512", "AVX2", "DEFAULT") for testing each
-// build on one machine; "" restores the automatic choice. Returns the name in use.
+// The instruction sets this CPU can run, best first, from
+// "AVX512_BF16", "AVX512", "AVX2", "DEFAULT".
+std::vector<std::string> supported_isas();
+
+// Forces one of them, for testing each build on one machine; "" restores the
+// automatic choice. Returns the name in use.
 std::string set_isa(const std::string& name);
 
 // One tensor's worth of work: fn(task, begin, end) over [0, numel).

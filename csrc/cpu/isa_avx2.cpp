@@ -17,20 +17,7 @@
 #define PT_ISA_AVX2 1
 
 namespace pytrainer::cpu::avx2 {
-#include "cpu/simd.h"
-#include "cpu/adamw_kernel.h"
-#include "cpu/anyprecision_kernel.h"
-#include "cpu/adafactor_kernel.h"
-
-static IsaKernels make_table() {
-  IsaKernels k{};
-  k.name = "AVX2";
-  k.width = VecF::width;
-  fill_adamw_table(k);
-  fill_anyprecision_table(k);
-  fill_adafactor_table(k);
-  return k;
-}
+#include "cpu/isa_kernels.h"
 }  // namespace pytrainer::cpu::avx2
 
 #undef PT_ISA_AVX2
@@ -41,7 +28,7 @@ static IsaKernels make_table() {
 #endif
 
 const pytrainer::cpu::IsaKernels& pytrainer::cpu::isa_avx2() {
-  static const IsaKernels table = avx2::make_table();
+  static const IsaKernels table = avx2::make_table("AVX2");
   return table;
 }
 

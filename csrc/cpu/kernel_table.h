@@ -74,6 +74,7 @@ const IsaKernels& isa_default();
 #if defined(__x86_64__) || defined(_M_X64)
 const IsaKernels& isa_avx2();
 const IsaKernels& isa_avx512();
+const IsaKernels& isa_avx512bf16();
 #endif
 
 }  // namespace pytrainer::cpu

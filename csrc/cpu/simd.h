@@ -94,30 +94,52 @@ inline void vstore(c10::Half* p, VecF x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                       _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
-inline void vstore(c10::BFloat16* p, VecF x) {
-  const __m512i u = _mm512_castps_si512(x.v);
+// bfloat16 bits of x rounded to nearest even (NaN: 0x7fc0, as torch), with
+// integer operations.
+inline __m256i bf16_bits_integer(__m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
   __m512i r = _mm512_srli_epi32(
       _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q);
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
   r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7fc0));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+  return _mm512_cvtepi32_epi16(r);
+}
+#if defined(PT_ISA_AVX512_BF16)
+// vcvtneps2bf16 rounds to nearest even as well, but treats subnormal inputs as
+// zero and keeps NaN payloads: vectors holding either (rare) take the integer
+// path, so that every instruction set stores the same bits.
+inline __m256i bf16_bits(__m512 x) {
+  constexpr int kNaNOrSubnormal = 0x01 | 0x20 | 0x80;  // quiet NaN | subnormal | signalling NaN
+  if (__builtin_expect(_mm512_fpclass_ps_mask(x, kNaNOrSubnormal) == 0, 1)) {
+    return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));
+  }
+  return bf16_bits_integer(x);
+}
+#else
+inline __m256i bf16_bits(__m512 x) { return bf16_bits_integer(x); }
+#endif
+inline void vstore(c10::BFloat16* p, VecF x) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), bf16_bits(x.v));
 }
 
 // Sum of the lanes, always in the same order.
 inline float hsum(VecF x) { return _mm512_reduce_add_ps(x.v); }
 
-inline VecF vround_bf16(VecF x) {
-  const __m512i u = _mm512_castps_si512(x.v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  const __m512i r = _mm512_and_si512(
-      _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))),
-      _mm512_set1_epi32(static_cast<int>(0xffff0000U)));
-  const __mmask16 nan = _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q);
-  return _mm512_mask_blend_ps(nan, _mm512_castsi512_ps(r), x.v);
+// Stores x rounded to the dtype and returns what was stored, as float32.
+inline VecF vstore_round(float* p, VecF x) {
+  vstore(p, x);
+  return x;
 }
-inline VecF vround_f16(VecF x) {
-  return _mm512_cvtph_ps(_mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+inline VecF vstore_round(c10::Half* p, VecF x) {
+  const __m256i h = _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
+  return _mm512_cvtph_ps(h);
+}
+inline VecF vstore_round(c10::BFloat16* p, VecF x) {
+  const __m256i h = bf16_bits(x.v);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
 // 32 random bits per lane: rounding_bits(key, i + lane) of anyprecision_coeffs.h.
@@ -186,16 +208,20 @@ inline void vstore(c10::Half* p, VecF x) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
                    _mm256_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
-inline void vstore(c10::BFloat16* p, VecF x) {
-  const __m256i u = _mm256_castps_si256(x.v);
+// bfloat16 bits of x rounded to nearest even (NaN: 0x7fc0, as torch).
+inline __m128i bf16_bits(__m256 x) {
+  const __m256i u = _mm256_castps_si256(x);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
   __m256i r = _mm256_srli_epi32(
       _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
   r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
   // packus works per 128-bit lane; the permute gathers the two useful quarters.
   const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  return _mm256_castsi256_si128(packed);
+}
+inline void vstore(c10::BFloat16* p, VecF x) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), bf16_bits(x.v));
 }
 
 inline float hsum(VecF x) {
@@ -204,17 +230,20 @@ inline float hsum(VecF x) {
   return _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
 }
 
-inline VecF vround_bf16(VecF x) {
-  const __m256i u = _mm256_castps_si256(x.v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  const __m256i r = _mm256_and_si256(
-      _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))),
-      _mm256_set1_epi32(static_cast<int>(0xffff0000U)));
-  const __m256 nan = _mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q);
-  return _mm256_blendv_ps(_mm256_castsi256_ps(r), x.v, nan);
+// Stores x rounded to the dtype and returns what was stored, as float32.
+inline VecF vstore_round(float* p, VecF x) {
+  vstore(p, x);
+  return x;
 }
-inline VecF vround_f16(VecF x) {
-  return _mm256_cvtph_ps(_mm256_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+inline VecF vstore_round(c10::Half* p, VecF x) {
+  const __m128i h = _mm256_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
+  return _mm256_cvtph_ps(h);
+}
+inline VecF vstore_round(c10::BFloat16* p, VecF x) {
+  const __m128i h = bf16_bits(x.v);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
 inline __m256i vhash32(__m256i x) {
@@ -269,8 +298,11 @@ inline VecF vload(const T* p) { return VecF(sload(p)); }
 template <class T>
 inline void vstore(T* p, VecF x) { sstore(p, x.v); }
 inline float hsum(VecF x) { return x.v; }
-inline VecF vround_bf16(VecF x) { return VecF(bf16_round_nearest(x.v)); }
-inline VecF vround_f16(VecF x) { return VecF(sround(x.v, kF16)); }
+template <class T>
+inline VecF vstore_round(T* p, VecF x) {
+  sstore(p, x.v);
+  return VecF(sload(p));
+}
 using VecU = uint32_t;
 inline VecU vrounding_bits(uint32_t key, int64_t i) { return rounding_bits(key, i); }
 inline VecF vround_stochastic_bf16(VecF x, VecU random) {
@@ -286,15 +318,11 @@ inline VecF vload_any(const void* base, Dt dt, int64_t i) {
   if (dt == kF16) return vload(static_cast<const c10::Half*>(base) + i);
   return vload(static_cast<const float*>(base) + i);
 }
-inline void vstore_any(void* base, Dt dt, int64_t i, VecF x) {
-  if (dt == kBF16) return vstore(static_cast<c10::BFloat16*>(base) + i, x);
-  if (dt == kF16) return vstore(static_cast<c10::Half*>(base) + i, x);
-  vstore(static_cast<float*>(base) + i, x);
-}
-inline VecF vround(VecF x, Dt dt) {
-  if (dt == kBF16) return vround_bf16(x);
-  if (dt == kF16) return vround_f16(x);
-  return x;
+// Stores x rounded to the dtype; returns the stored value.
+inline VecF vstore_round_any(void* base, Dt dt, int64_t i, VecF x) {
+  if (dt == kBF16) return vstore_round(static_cast<c10::BFloat16*>(base) + i, x);
+  if (dt == kF16) return vstore_round(static_cast<c10::Half*>(base) + i, x);
+  return vstore_round(static_cast<float*>(base) + i, x);
 }
 // Stochastic rounding of a vector whose lanes are elements i.. of a tensor.
 inline VecF vround_stochastic(VecF x, Dt dt, uint32_t key, int64_t i) {
