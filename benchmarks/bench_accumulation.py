@@ -7,8 +7,10 @@ on GPU; effective batch 32 (micro-batch 32 x 1, 8 x 4, 4 x 8). pytrainer uses
 adamw_custom_fused, Hugging Face adamw_torch_fused. On the CPU the default is a
 scaled-down setting (see --cpu-*), since the full one takes an hour on 2 cores.
 
-Both trainers run in the same process, alternating, several rounds; samples/s
-is the median over rounds of (samples trained / wall time of train()).
+Both trainers run in the same process, alternating, several rounds. Two figures,
+each the median over rounds: samples / wall time of train() (what a user waits
+for, setup included), and the steady rate from the end of the first optimizer
+step to the end of the last (setup and first-step warm-up excluded).
 
     python benchmarks/bench_accumulation.py --out bench_out
 """
@@ -55,17 +57,37 @@ def common_args(cfg: dict, micro: int, accumulation: int, device: str) -> dict:
                 bf16=cfg["bf16"], dataloader_num_workers=0, seed=0)
 
 
+def step_clock(base, device):
+    """A callback (of `base`, each trainer's callback class) that notes when
+    every optimizer step ends."""
+    class StepClock(base):
+        def __init__(self):
+            self.ends = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            _sync(device)
+            self.ends.append(time.perf_counter())
+    return StepClock()
+
+
+def timed_train(trainer, clock, device):
+    """(wall seconds of train(), seconds from the first step's end to the last's)."""
+    _sync(device)
+    start = time.perf_counter()
+    trainer.train()
+    _sync(device)
+    return time.perf_counter() - start, clock.ends[-1] - clock.ends[0]
+
+
 def run_pytrainer(cfg, dataset, micro, accumulation, device):
     from pytrainer import Trainer, TrainingArguments
+    from pytrainer.trainer import TrainerCallback
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(out, optim="adamw_custom_fused",
                                  **common_args(cfg, micro, accumulation, device))
-        trainer = Trainer(make_model(cfg), args, train_dataset=dataset)
-        _sync(device)
-        start = time.perf_counter()
-        trainer.train()
-        _sync(device)
-        return time.perf_counter() - start
+        clock = step_clock(TrainerCallback, device)
+        trainer = Trainer(make_model(cfg), args, train_dataset=dataset, callbacks=[clock])
+        return timed_train(trainer, clock, device)
 
 
 def run_hf(cfg, dataset, micro, accumulation, device):
@@ -74,12 +96,10 @@ def run_hf(cfg, dataset, micro, accumulation, device):
         warnings.simplefilter("ignore")
         args = transformers.TrainingArguments(out, optim="adamw_torch_fused",
                                               **common_args(cfg, micro, accumulation, device))
-        trainer = transformers.Trainer(model=make_model(cfg), args=args, train_dataset=dataset)
-        _sync(device)
-        start = time.perf_counter()
-        trainer.train()
-        _sync(device)
-        return time.perf_counter() - start
+        clock = step_clock(transformers.TrainerCallback, device)
+        trainer = transformers.Trainer(model=make_model(cfg), args=args, train_dataset=dataset,
+                                       callbacks=[clock])
+        return timed_train(trainer, clock, device)
 
 
 def _sync(device):
@@ -127,9 +147,13 @@ def main(argv=None):
             for name, run in runners.items():
                 times[name].append(run(cfg, dataset, micro, accumulation, device))
         for name, ts in times.items():
-            rows.append(dict(trainer=name, micro_batch=micro, accumulation=accumulation,
-                             samples_per_second=samples / statistics.median(ts),
-                             seconds=statistics.median(ts), rounds=ts))
+            walls, steadies = [t[0] for t in ts], [t[1] for t in ts]
+            rows.append(dict(
+                trainer=name, micro_batch=micro, accumulation=accumulation,
+                samples_per_second=samples / statistics.median(walls),
+                steady_samples_per_second=(samples - args.effective_batch)
+                / statistics.median(steadies),
+                seconds=statistics.median(walls), rounds=walls, steady_rounds=steadies))
         line = "  ".join(f"{r['trainer']}: {r['samples_per_second']:.1f} samples/s"
                          for r in rows[-len(runners):])
         print(f"{micro} x {accumulation}: {line}", flush=True)
@@ -137,15 +161,19 @@ def main(argv=None):
     print(f"\n{device}: GPT2LMHeadModel vocab {cfg['vocab']}, seq {cfg['seq']}, width {cfg['width']}, "
           f"{cfg['layers']} layers; {cfg['steps']} steps of {args.effective_batch} samples"
           f"{', bf16' if cfg['bf16'] else ''}")
-    print(f"{'micro x accum':<15}" + "".join(f"{name:>36}" for name in runners) + "     ratio")
+    print(f"{'micro x accum':<15}" + "".join(f"{name:>36}" for name in runners) + "     ratio"
+          + "   steady ratio")
     for accumulation in args.accumulation:
         sel = [r for r in rows if r["accumulation"] == accumulation]
-        ratio = (sel[0]["samples_per_second"] / sel[1]["samples_per_second"]
-                 if len(sel) > 1 else float("nan"))
-        for r in sel[1:]:
-            r["pytrainer_over_hf"] = ratio
+        ratio, steady = (float("nan"),) * 2
+        if len(sel) > 1:
+            ratio = sel[0]["samples_per_second"] / sel[1]["samples_per_second"]
+            steady = sel[0]["steady_samples_per_second"] / sel[1]["steady_samples_per_second"]
+            sel[1].update(pytrainer_over_hf=ratio, steady_pytrainer_over_hf=steady)
         print(f"{sel[0]['micro_batch']:>4} x {accumulation:<8}" +
-              "".join(f"{r['samples_per_second']:>30.1f} s/s" for r in sel) + f"{ratio:>10.2f}")
+              "".join(f"{r['samples_per_second']:>18.1f} ({r['steady_samples_per_second']:.1f})"
+                      " s/s" for r in sel) + f"{ratio:>10.2f}{steady:>15.2f}")
+    print("samples/s: wall time of train() (steady: first step's end to the last's)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(torch=torch.__version__, device=device,

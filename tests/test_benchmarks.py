@@ -1,0 +1,57 @@
+"""The benchmarks run end to end at tiny sizes and write what they promise:
+a JSON of figures (and a chart when matplotlib is installed)."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytrainer import ops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+def test_bench_optim_quick(tmp_path):
+    if not ops.available():
+        pytest.skip("compiled kernels not built")
+    out = run_benchmark("bench_optim.py", "--quick", "--devices", "cpu", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "bench_optim.json").read_text())
+    assert data["environment"]["cpu_isa"] == ops.cpu_isa()
+    candidates = {r["optimizer"] for r in data["rows"]}
+    assert {"pytrainer FusedAdamW", "torch AdamW fused", "pytrainer AnyPrecision+Kahan",
+            "pytrainer Adafactor", "torch Adafactor foreach"} <= candidates
+    for row in data["rows"]:
+        assert row["ms_per_step"] > 0 and row["effective_gb_s"] > 0, row
+        if row["anchor"]:
+            assert math.isfinite(row["speedup_vs_anchor"]) and row["speedup_vs_anchor"] > 0, row
+    assert any("tensors take" in line for line in data["summary"])
+    assert "pytrainer FusedAdamW" in out
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "bench_optim.png").stat().st_size > 0
+
+
+def test_bench_accumulation_tiny(tmp_path):
+    if not ops.available():
+        pytest.skip("compiled kernels not built")
+    pytest.importorskip("transformers")
+    run_benchmark("bench_accumulation.py", "--device", "cpu", "--rounds", "1", "--steps", "2",
+                  "--cpu-width", "32", "--cpu-layers", "1", "--cpu-seq", "16",
+                  "--effective-batch", "4", "--accumulation", "1", "2", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "bench_accumulation.json").read_text())
+    rows = data["rows"]
+    assert [(r["micro_batch"], r["accumulation"]) for r in rows] == [(4, 1), (4, 1), (2, 2),
+                                                                     (2, 2)]
+    for row in rows:
+        assert row["samples_per_second"] > 0 and row["steady_samples_per_second"] > 0, row
+    assert all(r["pytrainer_over_hf"] > 0 for r in rows[1::2])
