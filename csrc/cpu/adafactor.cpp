@@ -15,18 +15,35 @@
 namespace pytrainer::cpu {
 namespace {
 
-// Runs `pass(entry, unit)` over the units of the selected entries in parallel.
+// The CPU tasks of a step: runs of up to kAdafactorCpuRunTiles tiles of one row
+// band of a factored tensor, single chunks of a vector.
+struct UnitRun {
+  const AdafactorEntry* entry;
+  int64_t unit, count;
+};
+
+std::vector<UnitRun> unit_runs(const AdafactorPlan& plan) {
+  std::vector<UnitRun> runs;
+  runs.reserve(static_cast<size_t>(plan.units));
+  for (const AdafactorEntry& e : plan.entries) {
+    const int64_t width = e.factored ? std::min(kAdafactorCpuRunTiles, e.col_tiles) : 1;
+    // units are numbered row band by row band, col_tiles per band
+    const int64_t band = e.factored ? e.col_tiles : 1;
+    for (int64_t first = 0; first < e.units; first += band) {
+      for (int64_t u = first; u < first + band; u += width) {
+        runs.push_back(UnitRun{&e, u, std::min(width, first + band - u)});
+      }
+    }
+  }
+  return runs;
+}
+
+// Runs `pass(entry, unit, count)` over the runs of the selected entries in parallel.
 template <class Select, class Pass>
-void for_units(const AdafactorPlan& plan, Select select, Pass pass) {
-  if (plan.units == 0) return;
-  at::parallel_for(0, plan.units, 1, [&](int64_t lo, int64_t hi) {
-    auto it = std::upper_bound(plan.entries.begin(), plan.entries.end(), lo,
-                               [](int64_t u, const AdafactorEntry& e) { return u < e.first_unit; });
-    size_t k = static_cast<size_t>(it - plan.entries.begin()) - 1;
-    for (int64_t u = lo; u < hi; ++u) {
-      while (u >= plan.entries[k].first_unit + plan.entries[k].units) ++k;
-      const AdafactorEntry& e = plan.entries[k];
-      if (select(e)) pass(e, u - e.first_unit);
+void for_runs(const std::vector<UnitRun>& runs, Select select, Pass pass) {
+  at::parallel_for(0, static_cast<int64_t>(runs.size()), 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t k = lo; k < hi; ++k) {
+      if (select(*runs[k].entry)) pass(*runs[k].entry, runs[k].unit, runs[k].count);
     }
   });
 }
@@ -97,10 +114,11 @@ void adafactor_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   auto factored = [](const AdafactorEntry& e) { return e.factored != 0; };
   auto any = [](const AdafactorEntry&) { return true; };
 
+  const std::vector<UnitRun> runs = unit_runs(plan);
   // pass 1: sums of g^2 by row and column, of p^2; vectors finish their state
-  for_units(plan, any, [&](const AdafactorEntry& e, int64_t u) {
+  for_runs(runs, any, [&](const AdafactorEntry& e, int64_t u, int64_t count) {
     const AdafactorKernels& k = *kernel_of[e.index];
-    (e.factored ? k.tile_sums : k.vector_sums)(e, step, u);
+    (e.factored ? k.tile_sums : k.vector_sums)(e, step, u, count);
   });
   // finalize 1: row and column states
   std::vector<std::pair<const AdafactorEntry*, int64_t>> batches;
@@ -118,8 +136,8 @@ void adafactor_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     }
   });
   // pass 2: sum of U^2 of factored tensors
-  for_units(plan, factored, [&](const AdafactorEntry& e, int64_t u) {
-    kernel_of[e.index]->tile_norm(e, step, u);
+  for_runs(runs, factored, [&](const AdafactorEntry& e, int64_t u, int64_t count) {
+    kernel_of[e.index]->tile_norm(e, step, u, count);
   });
   // finalize 2: alpha and the clipping divisor of each tensor
   for (const AdafactorEntry& e : plan.entries) {
@@ -132,8 +150,8 @@ void adafactor_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
                       &step.work.scalars[2 * e.index], &step.work.scalars[2 * e.index + 1]);
   }
   // pass 3: the update
-  for_units(plan, any, [&](const AdafactorEntry& e, int64_t u) {
-    kernel_of[e.index]->update(e, step, u);
+  for_runs(runs, any, [&](const AdafactorEntry& e, int64_t u, int64_t count) {
+    kernel_of[e.index]->update(e, step, u, count);
   });
   for (const at::Tensor& s : state_steps) s.data_ptr<float>()[0] += 1.0f;
 }

@@ -17,61 +17,100 @@ inline AdafactorApply adafactor_apply_args(const AdafactorEntry& e, const Adafac
   return a;
 }
 
-// Pass 1, factored: sums of g^2 per tile row and per tile column, sum of p^2.
+// The factored passes take a run of up to kAdafactorCpuRunTiles tiles side by
+// side (same batch and row tile) and walk it row by row, so that memory is read
+// in long sequential stretches instead of one tile-width at a time (1.6x faster
+// on one core); each partial sum still covers one tile and adds in the same
+// order as a tile at a time would.
+struct TileRun {
+  Tile first;
+  int64_t count;
+  int64_t col_end;  // of the last tile
+};
+inline TileRun tile_run(const AdafactorEntry& e, int64_t unit, int64_t count) {
+  const Tile first = adafactor_tile(e, unit);
+  const int64_t col_end = std::min(first.col_begin + count * e.tile_cols, e.cols);
+  return TileRun{first, count, col_end};
+}
+inline int64_t tile_col_end(const AdafactorEntry& e, const TileRun& r, int64_t k) {
+  return std::min(r.first.col_begin + (k + 1) * e.tile_cols, e.cols);
+}
+
+// Pass 1, factored, one tile row: adds g^2 to the column sums; returns the sums
+// of g^2 and of p^2 over [j, end).
 template <class T>
-void adafactor_tile_sums(const AdafactorEntry& e, const AdafactorCpuStep& s, int64_t unit) {
-  const Tile t = adafactor_tile(e, unit);
+void row_sums(const T* g, const T* p, float* cols, int64_t j, int64_t end, float grad_mult,
+              bool first_row, float& g_sq, float& p_sq) {
+  VecF row(0.0f), psq(0.0f);
+  float row_tail = 0.0f, psq_tail = 0.0f;
+  if constexpr (VecF::width > 1) {
+    const VecF gm(grad_mult);
+    for (; j + VecF::width <= end; j += VecF::width) {
+      const VecF gv = vload(g + j) * gm;
+      const VecF g2 = gv * gv;
+      row = row + g2;
+      vstore(cols + j, first_row ? g2 : vload(cols + j) + g2);
+      const VecF pv = vload(p + j);
+      psq = psq + pv * pv;
+    }
+  }
+  for (; j < end; ++j) {
+    const float gv = sload(g + j) * grad_mult;
+    const float g2 = gv * gv;
+    row_tail += g2;
+    cols[j] = first_row ? g2 : cols[j] + g2;
+    const float pv = sload(p + j);
+    psq_tail += pv * pv;
+  }
+  g_sq = hsum(row) + row_tail;
+  p_sq = hsum(psq) + psq_tail;
+}
+
+// Pass 1, factored: per tile, sums of g^2 per row and per column, sum of p^2.
+template <class T>
+void adafactor_tile_sums(const AdafactorEntry& e, const AdafactorCpuStep& s, int64_t unit,
+                         int64_t count) {
+  const TileRun r = tile_run(e, unit, count);
+  const Tile& t = r.first;
   const T* g = static_cast<const T*>(e.grad);
   const T* p = static_cast<const T*>(e.param);
   float* cols = s.work.col_partials + col_partial_slot(e, t.batch, t.row_tile, 0);
-  double p_sq = 0.0;
+  float* row_partials = s.work.row_partials;
+  const float grad_mult = s.grad_mult;
+  double p_sq[kAdafactorCpuRunTiles] = {};
   for (int64_t i = t.row_begin; i < t.row_end; ++i) {
     const int64_t base = (t.batch * e.rows + i) * e.cols;
-    const bool first_row = i == t.row_begin;
-    VecF row(0.0f), psq(0.0f);
-    float row_tail = 0.0f, psq_tail = 0.0f;
-    int64_t j = t.col_begin;
-    if constexpr (VecF::width > 1) {
-      const VecF gm(s.grad_mult);
-      for (; j + VecF::width <= t.col_end; j += VecF::width) {
-        const VecF gv = vload(g + base + j) * gm;
-        const VecF g2 = gv * gv;
-        row = row + g2;
-        vstore(cols + j, first_row ? g2 : vload(cols + j) + g2);
-        const VecF pv = vload(p + base + j);
-        psq = psq + pv * pv;
-      }
+    for (int64_t k = 0; k < count; ++k) {
+      float g_sq_row, p_sq_row;
+      row_sums(g + base, p + base, cols, t.col_begin + k * e.tile_cols, tile_col_end(e, r, k),
+               grad_mult, i == t.row_begin, g_sq_row, p_sq_row);
+      row_partials[row_partial_slot(e, t.batch, i, t.col_tile + k)] = g_sq_row;
+      p_sq[k] += static_cast<double>(p_sq_row);
     }
-    for (; j < t.col_end; ++j) {
-      const float gv = sload(g + base + j) * s.grad_mult;
-      const float g2 = gv * gv;
-      row_tail += g2;
-      cols[j] = first_row ? g2 : cols[j] + g2;
-      const float pv = sload(p + base + j);
-      psq_tail += pv * pv;
-    }
-    s.work.row_partials[row_partial_slot(e, t.batch, i, t.col_tile)] = hsum(row) + row_tail;
-    p_sq += static_cast<double>(hsum(psq) + psq_tail);
   }
-  s.work.p_sq[e.first_unit + unit] = static_cast<float>(p_sq);
+  for (int64_t k = 0; k < count; ++k) {
+    s.work.p_sq[e.first_unit + unit + k] = static_cast<float>(p_sq[k]);
+  }
 }
 
-// Pass 1, not factored: the full second moment, sums of U^2 and p^2.
+// Pass 1, not factored (one chunk): the full second moment, sums of U^2 and p^2.
 template <class T>
-void adafactor_vector_sums(const AdafactorEntry& e, const AdafactorCpuStep& s, int64_t unit) {
+void adafactor_vector_sums(const AdafactorEntry& e, const AdafactorCpuStep& s, int64_t unit,
+                           int64_t /*count: 1*/) {
   const Tile t = adafactor_tile(e, unit);
   const T* g = static_cast<const T*>(e.grad);
   const T* p = static_cast<const T*>(e.param);
   float* v = e.state_row;
   const float beta2 = s.beta2[2 * e.index], one_minus_beta2 = s.beta2[2 * e.index + 1];
+  const float grad_mult = s.grad_mult, eps1 = s.eps1;
   VecF usq(0.0f), psq(0.0f);
   float usq_tail = 0.0f, psq_tail = 0.0f;
   int64_t j = t.col_begin;
   if constexpr (VecF::width > 1) {
-    const VecF gm(s.grad_mult);
+    const VecF gm(grad_mult);
     for (; j + VecF::width <= t.col_end; j += VecF::width) {
       const VecF gv = vload(g + j) * gm;
-      const VecF vv = adafactor_full_state(vload(v + j), gv, beta2, one_minus_beta2, s.eps1);
+      const VecF vv = adafactor_full_state(vload(v + j), gv, beta2, one_minus_beta2, eps1);
       vstore(v + j, vv);
       const VecF U = adafactor_inv_sqrt(vv) * gv;
       usq = usq + U * U;
@@ -80,8 +119,8 @@ void adafactor_vector_sums(const AdafactorEntry& e, const AdafactorCpuStep& s, i
     }
   }
   for (; j < t.col_end; ++j) {
-    const float gv = sload(g + j) * s.grad_mult;
-    const float vv = adafactor_full_state(v[j], gv, beta2, one_minus_beta2, s.eps1);
+    const float gv = sload(g + j) * grad_mult;
+    const float vv = adafactor_full_state(v[j], gv, beta2, one_minus_beta2, eps1);
     v[j] = vv;
     const float U = adafactor_inv_sqrt(vv) * gv;
     usq_tail += U * U;
@@ -92,11 +131,11 @@ void adafactor_vector_sums(const AdafactorEntry& e, const AdafactorCpuStep& s, i
   s.work.p_sq[e.first_unit + unit] = hsum(psq) + psq_tail;
 }
 
-// 1/sqrt of the tile's column states, computed once per tile.
-inline void tile_col_factors(const AdafactorEntry& e, const Tile& t, float* out) {
-  const float* c = e.state_col + t.batch * e.cols;
-  for (int64_t j = t.col_begin; j < t.col_end; ++j) {
-    out[j - t.col_begin] = adafactor_inv_sqrt(c[j]);
+// 1/sqrt of the column states of the run's columns, computed once per run.
+inline void run_col_factors(const AdafactorEntry& e, const TileRun& r, float* out) {
+  const float* c = e.state_col + r.first.batch * e.cols;
+  for (int64_t j = r.first.col_begin; j < r.col_end; ++j) {
+    out[j - r.first.col_begin] = adafactor_inv_sqrt(c[j]);
   }
 }
 
@@ -106,69 +145,90 @@ inline float row_factor(const AdafactorEntry& e, const AdafactorCpuStep& s, cons
   return adafactor_inv_sqrt(e.state_row[t.batch * e.rows + i] / mean);
 }
 
-// Pass 2, factored: the sum of U^2 over the tile.
+// Pass 2, factored, one tile row: the sum of U^2 over columns [j, end);
+// col_factor[j - col0] is the factor of column j.
 template <class T>
-void adafactor_tile_norm(const AdafactorEntry& e, const AdafactorCpuStep& s, int64_t unit) {
-  const Tile t = adafactor_tile(e, unit);
-  const T* g = static_cast<const T*>(e.grad);
-  float col_factor[kAdafactorTileCols16];
-  tile_col_factors(e, t, col_factor);
-  double u_sq = 0.0;
-  for (int64_t i = t.row_begin; i < t.row_end; ++i) {
-    const int64_t base = (t.batch * e.rows + i) * e.cols;
-    const float r = row_factor(e, s, t, i);
-    VecF usq(0.0f);
-    float usq_tail = 0.0f;
-    int64_t j = t.col_begin;
-    if constexpr (VecF::width > 1) {
-      const VecF gm(s.grad_mult), rv(r);
-      for (; j + VecF::width <= t.col_end; j += VecF::width) {
-        const VecF U = (rv * vload(col_factor + (j - t.col_begin))) * (vload(g + base + j) * gm);
-        usq = usq + U * U;
-      }
+float row_norm(const T* g, const float* col_factor, int64_t col0, int64_t j, int64_t end,
+               float r, float grad_mult) {
+  VecF usq(0.0f);
+  float usq_tail = 0.0f;
+  if constexpr (VecF::width > 1) {
+    const VecF gm(grad_mult), rv(r);
+    for (; j + VecF::width <= end; j += VecF::width) {
+      const VecF U = (rv * vload(col_factor + (j - col0))) * (vload(g + j) * gm);
+      usq = usq + U * U;
     }
-    for (; j < t.col_end; ++j) {
-      const float U = (r * col_factor[j - t.col_begin]) * (sload(g + base + j) * s.grad_mult);
-      usq_tail += U * U;
-    }
-    u_sq += static_cast<double>(hsum(usq) + usq_tail);
   }
-  s.work.u_sq[e.first_unit + unit] = static_cast<float>(u_sq);
+  for (; j < end; ++j) {
+    const float U = (r * col_factor[j - col0]) * (sload(g + j) * grad_mult);
+    usq_tail += U * U;
+  }
+  return hsum(usq) + usq_tail;
 }
 
-// Pass 3: the update, for a tile of a factored tensor or a chunk of a vector.
+// Pass 2, factored: per tile, the sum of U^2.
 template <class T>
-void adafactor_update(const AdafactorEntry& e, const AdafactorCpuStep& s, int64_t unit) {
-  const Tile t = adafactor_tile(e, unit);
+void adafactor_tile_norm(const AdafactorEntry& e, const AdafactorCpuStep& s, int64_t unit,
+                         int64_t count) {
+  const TileRun r = tile_run(e, unit, count);
+  const Tile& t = r.first;
+  const T* g = static_cast<const T*>(e.grad);
+  float col_factor[kAdafactorCpuRunTiles * kAdafactorTileCols16];
+  run_col_factors(e, r, col_factor);
+  const float grad_mult = s.grad_mult;
+  double u_sq[kAdafactorCpuRunTiles] = {};
+  for (int64_t i = t.row_begin; i < t.row_end; ++i) {
+    const int64_t base = (t.batch * e.rows + i) * e.cols;
+    const float rf = row_factor(e, s, t, i);
+    for (int64_t k = 0; k < count; ++k) {
+      u_sq[k] += static_cast<double>(row_norm(g + base, col_factor, t.col_begin,
+                                              t.col_begin + k * e.tile_cols,
+                                              tile_col_end(e, r, k), rf, grad_mult));
+    }
+  }
+  for (int64_t k = 0; k < count; ++k) {
+    s.work.u_sq[e.first_unit + unit + k] = static_cast<float>(u_sq[k]);
+  }
+}
+
+// Pass 3: the update, for a run of tiles of a factored tensor or a chunk of a
+// vector (elementwise, so a run is one stretch per row).
+template <class T>
+void adafactor_update(const AdafactorEntry& e, const AdafactorCpuStep& s, int64_t unit,
+                      int64_t count) {
+  const TileRun r = tile_run(e, unit, count);
+  const Tile& t = r.first;
   T* g = static_cast<T*>(e.grad);
   T* p = static_cast<T*>(e.param);
   float* m = e.exp_avg;
+  const float* v = e.state_row;
   const AdafactorApply a = adafactor_apply_args(e, s);
-  float col_factor[kAdafactorTileCols16];
-  if (e.factored) tile_col_factors(e, t, col_factor);
+  const bool factored = e.factored != 0, write_back_grad = s.write_back_grad;
+  const float grad_mult = s.grad_mult;
+  float col_factor[kAdafactorCpuRunTiles * kAdafactorTileCols16];
+  if (factored) run_col_factors(e, r, col_factor);
   for (int64_t i = t.row_begin; i < t.row_end; ++i) {
     const int64_t base = (t.batch * e.rows + i) * e.cols;
-    const float r = e.factored ? row_factor(e, s, t, i) : 0.0f;
-    int64_t j = t.col_begin;
+    const float rf = factored ? row_factor(e, s, t, i) : 0.0f;
+    const int64_t k0 = base + t.col_begin;  // col_factor[k - k0]: the factor of element k
+    const int64_t end = base + r.col_end;
+    int64_t k = k0;
     if constexpr (VecF::width > 1) {
-      const VecF gm(s.grad_mult), rv(r);
-      for (; j + VecF::width <= t.col_end; j += VecF::width) {
-        const int64_t k = base + j;
+      const VecF gm(grad_mult), rv(rf);
+      for (; k + VecF::width <= end; k += VecF::width) {
         const VecF gv = vload(g + k) * gm;
-        if (s.write_back_grad) vstore(g + k, gv);
-        const VecF U = e.factored ? (rv * vload(col_factor + (j - t.col_begin))) * gv
-                                  : adafactor_inv_sqrt(vload(e.state_row + k)) * gv;
+        if (write_back_grad) vstore(g + k, gv);
+        const VecF U = factored ? (rv * vload(col_factor + (k - k0))) * gv
+                                : adafactor_inv_sqrt(vload(v + k)) * gv;
         VecF mv = a.first_moment ? vload(m + k) : VecF(0.0f);
         vstore(p + k, adafactor_apply(vload(p + k), U, mv, a));
         if (a.first_moment) vstore(m + k, mv);
       }
     }
-    for (; j < t.col_end; ++j) {
-      const int64_t k = base + j;
-      const float gv = sload(g + k) * s.grad_mult;
-      if (s.write_back_grad) sstore(g + k, gv);
-      const float U = e.factored ? (r * col_factor[j - t.col_begin]) * gv
-                                 : adafactor_inv_sqrt(e.state_row[k]) * gv;
+    for (; k < end; ++k) {
+      const float gv = sload(g + k) * grad_mult;
+      if (write_back_grad) sstore(g + k, gv);
+      const float U = factored ? (rf * col_factor[k - k0]) * gv : adafactor_inv_sqrt(v[k]) * gv;
       float mv = a.first_moment ? m[k] : 0.0f;
       sstore(p + k, adafactor_apply(sload(p + k), U, mv, a));
       if (a.first_moment) m[k] = mv;

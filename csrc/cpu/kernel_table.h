@@ -51,9 +51,14 @@ struct AdafactorCpuStep {
   bool write_back_grad;
 };
 
-// Processes unit `unit` (counted within the tensor) of tensor `e` in one pass.
+// Tiles of a factored tensor side by side that one CPU task takes at once.
+constexpr int64_t kAdafactorCpuRunTiles = 8;
+
+// Processes units [unit, unit + count) (counted within the tensor) of tensor `e`
+// in one pass: tiles side by side in one row band (count <= kAdafactorCpuRunTiles)
+// of a factored tensor, or one chunk (count 1) of a vector.
 using AdafactorUnitFn = void (*)(const AdafactorEntry& e, const AdafactorCpuStep& s,
-                                 int64_t unit);
+                                 int64_t unit, int64_t count);
 
 struct AdafactorKernels {
   AdafactorUnitFn tile_sums;     // pass 1, factored: row/column sums of g^2, sum of p^2
