@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # One run on a machine with an NVIDIA GPU and no network: build the kernels for
-# that GPU only, run the CUDA tests, run the optimizer benchmark, print a table.
+# that GPU only, run the CUDA tests, the optimizer and the accumulation
+# benchmarks, print a table.
 #
 #   bash benchmarks/gpu_check.sh OUTDIR
 #
-# Writes env.txt, build.log, tests.log, bench.log and bench_optim.json into OUTDIR.
+# Writes env.txt, build.log, tests.log, bench.log, bench_optim.json,
+# bench_accumulation.log and .json into OUTDIR. The property tests need
+# hypothesis, which such a machine may lack: make a wheels/ folder beside this
+# checkout's root first (pip download -d wheels hypothesis) and carry it along.
 set -uo pipefail
 OUT=${1:?usage: benchmarks/gpu_check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -28,6 +32,11 @@ if ! "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . > "$OUT
     "$PY" setup.py build_ext --inplace >> "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 fi
 echo "built in $(( $(date +%s) - start )) s"
+if ! "$PY" -c "import hypothesis" 2>/dev/null && [ -d wheels ]; then
+    "$PY" -m pip install -q --no-index --find-links wheels hypothesis >> "$OUT/build.log" 2>&1
+fi
+"$PY" -c "import hypothesis" 2>/dev/null ||
+    echo "hypothesis is missing: the property-test modules will fail to import (see the header)"
 
 echo "== CUDA tests"
 timeout 600 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests > "$OUT/tests.log" 2>&1 || status=1
@@ -36,6 +45,11 @@ tail -5 "$OUT/tests.log"
 echo "== benchmark"
 timeout 900 "$PY" benchmarks/bench_optim.py --devices cuda --rounds 5 --steps 5 --out "$OUT" \
     > "$OUT/bench.log" 2>&1 || status=1
+
+echo "== accumulation benchmark"
+timeout 600 "$PY" benchmarks/bench_accumulation.py --device cuda --out "$OUT" \
+    > "$OUT/bench_accumulation.log" 2>&1 || status=1
+tail -6 "$OUT/bench_accumulation.log"
 
 echo "== summary"
 "$PY" - "$OUT/bench_optim.json" <<'PYEOF'

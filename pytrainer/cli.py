@@ -39,10 +39,10 @@ class DataArguments:
 
 #: What the default run changes from TrainingArguments' defaults (all flags override).
 DEMO_DEFAULTS = dict(
-    optim="adamw_custom_fused", learning_rate=2e-3, weight_decay=0.1, warmup_steps=20,
-    lr_scheduler_type="cosine", max_steps=300, per_device_train_batch_size=16,
-    per_device_eval_batch_size=32, logging_steps=25, eval_strategy="steps", eval_steps=100,
-    save_steps=100, save_total_limit=2,
+    optim="adamw_custom_fused", learning_rate=2e-3, weight_decay=0.1, warmup_steps=50,
+    lr_scheduler_type="cosine", max_steps=1000, per_device_train_batch_size=16,
+    per_device_eval_batch_size=32, logging_steps=50, eval_strategy="steps", eval_steps=250,
+    save_steps=250, save_total_limit=2,
 )
 
 _RUN_FLAGS = ("do_train", "do_eval", "do_predict")
