@@ -18,9 +18,11 @@ bool cpu_has_avx512() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
          __builtin_cpu_supports("fma");
 }
+#if defined(PT_CPU_AVX512_BF16)
 bool cpu_has_avx512_bf16() {
   return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
 }
+#endif
 bool cpu_has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
          __builtin_cpu_supports("f16c");
@@ -32,7 +34,9 @@ constexpr const char* kIsaNames[] = {"AVX512_BF16", "AVX512", "AVX2", "DEFAULT"}
 
 const IsaKernels* by_name(const std::string& name) {
 #if defined(__x86_64__) || defined(_M_X64)
+#if defined(PT_CPU_AVX512_BF16)
   if (name == "AVX512_BF16") return cpu_has_avx512_bf16() ? &isa_avx512bf16() : nullptr;
+#endif
   if (name == "AVX512") return cpu_has_avx512() ? &isa_avx512() : nullptr;
   if (name == "AVX2") return cpu_has_avx2() ? &isa_avx2() : nullptr;
 #endif

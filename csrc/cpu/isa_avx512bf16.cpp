@@ -4,7 +4,7 @@
 // time when the CPU has it (see dispatch.cpp).
 #include "cpu/prelude.h"
 
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(PT_CPU_AVX512_BF16)
 
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c,avx2"))), apply_to = function)
@@ -36,4 +36,4 @@ const pytrainer::cpu::IsaKernels& pytrainer::cpu::isa_avx512bf16() {
   return table;
 }
 
-#endif  // x86-64
+#endif  // PT_CPU_AVX512_BF16

@@ -79,7 +79,12 @@ const IsaKernels& isa_default();
 #if defined(__x86_64__) || defined(_M_X64)
 const IsaKernels& isa_avx2();
 const IsaKernels& isa_avx512();
+// The AVX512-BF16 intrinsics need GCC 10 or clang 9; older compilers build the rest.
+#if (defined(__clang__) && __clang_major__ >= 9) || \
+    (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 10)
+#define PT_CPU_AVX512_BF16 1
 const IsaKernels& isa_avx512bf16();
+#endif
 #endif
 
 }  // namespace pytrainer::cpu
