@@ -72,11 +72,7 @@ void check_adafactor_args(TensorList params, TensorList grads, TensorList exp_av
     check_state(p, row_states[i], "row_states", i, factored ? rows_numel(p) : p.numel());
     check_state(p, col_states[i], "col_states", i, factored ? cols_numel(p) : 0);
   }
-  check_steps(kOp, params, state_steps);
-  const at::Device device = params[0].device();
-  check_scalar_tensor(kOp, lr_tensor, "lr", device, /*cpu_ok=*/true);
-  check_scalar_tensor(kOp, grad_scale, "grad_scale", device, /*cpu_ok=*/false);
-  check_scalar_tensor(kOp, found_inf, "found_inf", device, /*cpu_ok=*/false);
+  check_steps_and_scalars(kOp, params, state_steps, lr_tensor, grad_scale, found_inf);
 }
 
 AdafactorPlan plan_adafactor(TensorList params, TensorList grads, TensorList exp_avgs,

@@ -1,8 +1,11 @@
-// The device scalars of one optimizer call (lr, grad_scale, found_inf), taken
-// from the op's optional tensors, shared by every CUDA op.
+// What every CUDA op call sets up first: the device, its guard and current
+// stream, and the device scalars of the step (lr, grad_scale, found_inf) taken
+// from the op's optional tensors. The CPU counterpart is cpu/host_scalars.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <optional>
 
@@ -23,5 +26,21 @@ DeviceScalars device_scalars(double lr, const std::optional<at::Tensor>& lr_tens
                              const std::optional<at::Tensor>& grad_scale,
                              const std::optional<at::Tensor>& found_inf,
                              const at::Device& device);
+
+// One op call on the device of params[0] (the checks put every tensor there).
+struct CudaCall {
+  CudaCall(at::TensorList params, double lr, const std::optional<at::Tensor>& lr_tensor,
+           const std::optional<at::Tensor>& grad_scale,
+           const std::optional<at::Tensor>& found_inf)
+      : device(params[0].device()),
+        guard(device),
+        stream(c10::cuda::getCurrentCUDAStream(device.index())),
+        ds(device_scalars(lr, lr_tensor, grad_scale, found_inf, device)) {}
+
+  const at::Device device;
+  const c10::cuda::CUDAGuard guard;
+  const cudaStream_t stream;
+  const DeviceScalars ds;
+};
 
 }  // namespace pytrainer::cuda
