@@ -4,30 +4,17 @@
 // on CUDA the plan of the call (tiles and partial-sum slots), its tables in
 // device memory, and the five launches per param dtype.
 #include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #include <algorithm>
-#include <optional>
+#include <cstring>
 #include <vector>
 
 #include "common/adafactor_plan.h"
-#include "cpu/dispatch.h"
-#include "cpu/dtypes.h"
-#include "cpu/host_scalars.h"
-#include "define_op.h"
-#if defined(PYTRAINER_WITH_CUDA)
-#include <cstring>
-
-#include "cuda/launch.h"
-#include "cuda/tensor_table.h"
-#endif
+#include "op.h"
 
 namespace pytrainer {
 namespace {
-
-using OptTensor = std::optional<at::Tensor>;
 
 // The tensor lists of one call (checked by check_adafactor_args).
 struct Lists {
@@ -177,8 +164,7 @@ std::vector<at::Tensor> pick(at::TensorList list, const std::vector<size_t>& ind
   return out;
 }
 
-void step_cuda(const Lists& t, const AdafactorHyper& hyper, const cuda::CudaCall& call,
-               bool write_back_grads) {
+void step_cuda(const Lists& t, const AdafactorHyper& hyper, const cuda::CudaCall& call) {
   for (const auto& [dtype, indices] :
        cuda::split_by_dtype(t.params, {at::kFloat, at::kBFloat16, at::kHalf})) {
     const std::vector<at::Tensor> p = pick(t.params, indices), g = pick(t.grads, indices),
@@ -222,33 +208,28 @@ void step_cuda(const Lists& t, const AdafactorHyper& hyper, const cuda::CudaCall
     launch.hyper = hyper;
     launch.hyper.lr = call.ds.lr;
     launch.scalars = call.ds.scalars;
-    launch.write_back_grads = write_back_grads;
+    launch.write_back_grads = call.write_back_grads;
     C10_CUDA_CHECK(cuda::launch_adafactor(cuda::dtype_of(dtype), launch, call.stream));
   }
 }
 #endif
 
-// The kernel of both devices (the dispatcher picks it by the tensors' device).
 void adafactor(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                at::TensorList row_states, at::TensorList col_states, at::TensorList state_steps,
                double lr, const OptTensor& lr_tensor, double eps1, double eps2,
                double clip_threshold, double decay_rate, std::optional<double> beta1,
                double weight_decay, bool scale_parameter, bool relative_step, bool warmup_init,
                const OptTensor& grad_scale, const OptTensor& found_inf, bool write_back_grads) {
+  const StepArgs args{lr, lr_tensor, grad_scale, found_inf, write_back_grads};
   check_adafactor_args(params, grads, exp_avgs, row_states, col_states, state_steps,
-                       beta1.has_value(), lr_tensor, grad_scale, found_inf);
+                       beta1.has_value(), args);
   const Lists t{params, grads, exp_avgs, row_states, col_states, state_steps};
   const AdafactorHyper hyper{lr, eps1, eps2, clip_threshold, decay_rate, beta1.value_or(-1.0),
                              weight_decay, scale_parameter, relative_step, warmup_init};
 #if defined(PYTRAINER_WITH_CUDA)
-  if (params[0].is_cuda()) {
-    step_cuda(t, hyper, cuda::CudaCall(params, lr, lr_tensor, grad_scale, found_inf),
-              write_back_grads);
-    return;
-  }
+  if (params[0].is_cuda()) return step_cuda(t, hyper, cuda::CudaCall(params, args));
 #endif
-  step_cpu(t, hyper, beta1,
-           cpu::host_scalars(lr, lr_tensor, grad_scale, found_inf, write_back_grads));
+  step_cpu(t, hyper, beta1, cpu::host_scalars(args));
 }
 
 }  // namespace
@@ -258,18 +239,14 @@ void adafactor(at::TensorList params, at::TensorList grads, at::TensorList exp_a
 // keep a full state in row_states[i] and an empty col_states[i]. exp_avgs is
 // empty without beta1. States are float32.
 TORCH_LIBRARY_FRAGMENT(pytrainer, m) {
-  define_op<decltype(adafactor)>(
-      m,
-      "adafactor_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
-      "Tensor(d!)[] row_states, Tensor(e!)[] col_states, Tensor(f!)[] state_steps, *, "
-      "float lr, Tensor? lr_tensor, float eps1, float eps2, float clip_threshold, "
-      "float decay_rate, float? beta1, float weight_decay, bool scale_parameter, "
-      "bool relative_step, bool warmup_init, Tensor? grad_scale=None, Tensor? found_inf=None, "
-      "bool write_back_grads=False) -> ()");
+  define_op(m,
+            "adafactor_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
+            "Tensor(d!)[] row_states, Tensor(e!)[] col_states, Tensor(f!)[] state_steps, *, "
+            "float lr, Tensor? lr_tensor, float eps1, float eps2, float clip_threshold, "
+            "float decay_rate, float? beta1, float weight_decay, bool scale_parameter, "
+            "bool relative_step, bool warmup_init, Tensor? grad_scale=None, "
+            "Tensor? found_inf=None, bool write_back_grads=False) -> ()",
+            &adafactor);
 }
-TORCH_LIBRARY_IMPL(pytrainer, CPU, m) { m.impl("adafactor_", &adafactor); }
-#if defined(PYTRAINER_WITH_CUDA)
-TORCH_LIBRARY_IMPL(pytrainer, CUDA, m) { m.impl("adafactor_", &adafactor); }
-#endif
 
 }  // namespace pytrainer

@@ -3,26 +3,14 @@
 // float32 math. Its schema, its input checks (the same on every device), and
 // its steps on the CPU (every tensor of the call in one parallel region) and on
 // CUDA (one table and launch per param dtype).
-#include <ATen/core/Tensor.h>
-#include <torch/library.h>
-
 #include <vector>
 
 #include "common/anyprecision_coeffs.h"
-#include "common/checks.h"
-#include "cpu/dispatch.h"
-#include "cpu/dtypes.h"
-#include "cpu/host_scalars.h"
-#include "define_op.h"
-#if defined(PYTRAINER_WITH_CUDA)
-#include "cuda/launch.h"
-#include "cuda/tensor_table.h"
-#endif
+#include "op.h"
 
 namespace pytrainer {
 namespace {
 
-using OptTensor = std::optional<at::Tensor>;
 constexpr const char* kOp = "pytrainer::anyprecision_adamw_";
 
 // The tensor lists of one call.
@@ -38,8 +26,7 @@ struct Settings {
   at::IntArrayRef rounding_ids;
 };
 
-void check_args(const Lists& t, const Settings& s, const OptTensor& lr_tensor,
-                const OptTensor& grad_scale, const OptTensor& found_inf) {
+void check_args(const Lists& t, const Settings& s, const StepArgs& args) {
   TORCH_CHECK(s.rounding >= 0 && s.rounding < kNumRoundings, kOp, ": rounding=", s.rounding,
               " is not valid; 0 (nearest), 1 (Kahan compensation) or 2 (stochastic)");
   check_16_or_32_bit_params(kOp, t.params);
@@ -56,70 +43,54 @@ void check_args(const Lists& t, const Settings& s, const OptTensor& lr_tensor,
                 s.rounding_ids.size(), " values but params has ", t.params.size(),
                 "; stochastic rounding needs one id per tensor");
   }
-  check_steps_and_scalars(kOp, t.params, t.state_steps, lr_tensor, grad_scale, found_inf);
+  check_steps_and_scalars(kOp, t.params, t.state_steps, args);
 }
 
 void step_cpu(const Lists& t, const Settings& s, const cpu::HostScalars& h) {
   if (h.skip) return;
   const bool kahan = s.rounding == kRoundKahan;
-  const bool stochastic = s.rounding == kRoundStochastic;
-  const cpu::IsaKernels& isa = cpu::kernels();
-  const size_t n = t.params.size();
   const cpu::Dt m_dt = cpu::dt_of(t.exp_avgs[0].scalar_type());
   const cpu::Dt v_dt = cpu::dt_of(t.exp_avg_sqs[0].scalar_type());
   const cpu::Dt c_dt = kahan ? cpu::dt_of(t.compensations[0].scalar_type()) : cpu::kF32;
-  std::vector<AnyPrecisionCoeffs> coeffs;
-  coeffs.reserve(n);
-  std::vector<cpu::AnyPrecisionTask> tasks(n);
-  std::vector<cpu::RangeJob> jobs(n);
-  float last_step = -1.0f;
-  for (size_t i = 0; i < n; ++i) {
-    const float step = t.state_steps[i].data_ptr<float>()[0] + 1.0f;
-    if (coeffs.empty() || step != last_step) {
-      coeffs.push_back(make_anyprecision_coeffs(s.hyper, h.lr, step, h.grad_mult));
-      last_step = step;
-    }
-    cpu::AnyPrecisionTask& task = tasks[i];
-    task = cpu::AnyPrecisionTask{t.params[i].data_ptr(), t.grads[i].data_ptr(),
-                                 t.exp_avgs[i].data_ptr(), t.exp_avg_sqs[i].data_ptr(),
-                                 kahan ? t.compensations[i].data_ptr() : nullptr,
-                                 &coeffs.back(), m_dt, v_dt, c_dt, 0u, h.write_back};
-    if (stochastic) {
-      task.rounding_key = rounding_key(static_cast<uint64_t>(s.seed),
-                                       static_cast<uint32_t>(s.rounding_ids[i]),
-                                       static_cast<uint32_t>(step));
-    }
-    jobs[i] = cpu::RangeJob{isa.anyprecision[cpu::dt_of(t.params[i].scalar_type())][s.rounding],
-                            &tasks[i], t.params[i].numel()};
-  }
-  cpu::run_jobs(jobs);
-  cpu::advance_steps(t.state_steps);
+  cpu::StepCoeffs<AnyPrecisionCoeffs> coeffs(t.params.size());
+  cpu::step_every_tensor<cpu::AnyPrecisionTask>(
+      t.params, t.state_steps,
+      [&](const cpu::IsaKernels& isa, size_t i, float step, cpu::AnyPrecisionTask& task) {
+        const AnyPrecisionCoeffs* c = coeffs.at(step, [&](float at) {
+          return make_anyprecision_coeffs(s.hyper, h.lr, at, h.grad_mult);
+        });
+        task = cpu::AnyPrecisionTask{t.params[i].data_ptr(), t.grads[i].data_ptr(),
+                                     t.exp_avgs[i].data_ptr(), t.exp_avg_sqs[i].data_ptr(),
+                                     kahan ? t.compensations[i].data_ptr() : nullptr, c, m_dt,
+                                     v_dt, c_dt, 0u, h.write_back};
+        if (s.rounding == kRoundStochastic) {
+          task.rounding_key = rounding_key(static_cast<uint64_t>(s.seed),
+                                           static_cast<uint32_t>(s.rounding_ids[i]),
+                                           static_cast<uint32_t>(step));
+        }
+        return isa.anyprecision[cpu::dt_of(t.params[i].scalar_type())][s.rounding];
+      });
 }
 
 #if defined(PYTRAINER_WITH_CUDA)
-void step_cuda(const Lists& t, const Settings& s, const cuda::CudaCall& call,
-               bool write_back_grads) {
+void step_cuda(const Lists& t, const Settings& s, const cuda::CudaCall& call) {
   const bool kahan = s.rounding == kRoundKahan;
   cuda::AnyPrecisionLaunch launch{};
   launch.hyper = s.hyper;
   launch.lr = call.ds.lr;
   launch.scalars = call.ds.scalars;
-  launch.write_back_grads = write_back_grads;
+  launch.write_back_grads = call.write_back_grads;
   launch.m_dt = cuda::dtype_of(t.exp_avgs[0].scalar_type());
   launch.v_dt = cuda::dtype_of(t.exp_avg_sqs[0].scalar_type());
   launch.c_dt = kahan ? cuda::dtype_of(t.compensations[0].scalar_type()) : cuda::Dtype::F32;
   launch.rounding = static_cast<int>(s.rounding);
   launch.seed = static_cast<uint64_t>(s.seed);
+  // the tag of each tensor: its stochastic-rounding id
+  const at::IntArrayRef tags =
+      s.rounding == kRoundStochastic ? s.rounding_ids : at::IntArrayRef();
   cuda::launch_per_dtype(
-      call, t.params, t.state_steps, {at::kBFloat16, at::kFloat, at::kHalf},
-      [&](size_t i, cuda::TableEntry& e) {
-        e.ptr[0] = t.params[i].data_ptr();
-        e.ptr[1] = t.grads[i].data_ptr();
-        e.ptr[2] = t.exp_avgs[i].data_ptr();
-        e.ptr[3] = t.exp_avg_sqs[i].data_ptr();
-        e.ptr[4] = kahan ? t.compensations[i].data_ptr() : nullptr;
-        e.tag = s.rounding == kRoundStochastic ? s.rounding_ids[i] : 0;
-      },
+      call, {t.params, t.grads, t.exp_avgs, t.exp_avg_sqs, t.compensations}, t.state_steps,
+      tags, {at::kBFloat16, at::kFloat, at::kHalf},
       [&](cuda::Dtype dtype, const cuda::DeviceTable& table) {
         launch.table = table;
         return cuda::launch_anyprecision(dtype, launch, call.stream);
@@ -127,7 +98,6 @@ void step_cuda(const Lists& t, const Settings& s, const cuda::CudaCall& call,
 }
 #endif
 
-// The kernel of both devices (the dispatcher picks it by the tensors' device).
 void anyprecision_adamw(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                         at::TensorList exp_avg_sqs, at::TensorList compensations,
                         at::TensorList state_steps, at::IntArrayRef rounding_ids, double lr,
@@ -138,15 +108,12 @@ void anyprecision_adamw(at::TensorList params, at::TensorList grads, at::TensorL
   const Lists t{params, grads, exp_avgs, exp_avg_sqs, compensations, state_steps};
   const Settings s{AnyPrecisionHyper{beta1, beta2, weight_decay, eps}, rounding, seed,
                    rounding_ids};
-  check_args(t, s, lr_tensor, grad_scale, found_inf);
+  const StepArgs args{lr, lr_tensor, grad_scale, found_inf, write_back_grads};
+  check_args(t, s, args);
 #if defined(PYTRAINER_WITH_CUDA)
-  if (params[0].is_cuda()) {
-    step_cuda(t, s, cuda::CudaCall(params, lr, lr_tensor, grad_scale, found_inf),
-              write_back_grads);
-    return;
-  }
+  if (params[0].is_cuda()) return step_cuda(t, s, cuda::CudaCall(params, args));
 #endif
-  step_cpu(t, s, cpu::host_scalars(lr, lr_tensor, grad_scale, found_inf, write_back_grads));
+  step_cpu(t, s, cpu::host_scalars(args));
 }
 
 }  // namespace
@@ -154,17 +121,13 @@ void anyprecision_adamw(at::TensorList params, at::TensorList grads, at::TensorL
 // rounding: 0 nearest, 1 Kahan compensation, 2 stochastic (seeded by seed and
 // rounding_ids, one id per tensor).
 TORCH_LIBRARY_FRAGMENT(pytrainer, m) {
-  define_op<decltype(anyprecision_adamw)>(
-      m,
-      "anyprecision_adamw_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
-      "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] compensations, Tensor(f!)[] state_steps, *, "
-      "int[] rounding_ids, float lr, Tensor? lr_tensor, float beta1, float beta2, "
-      "float weight_decay, float eps, int rounding, int seed, Tensor? grad_scale=None, "
-      "Tensor? found_inf=None, bool write_back_grads=False) -> ()");
+  define_op(m,
+            "anyprecision_adamw_(Tensor(a!)[] params, Tensor(b!)[] grads, "
+            "Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] compensations, "
+            "Tensor(f!)[] state_steps, *, int[] rounding_ids, float lr, Tensor? lr_tensor, "
+            "float beta1, float beta2, float weight_decay, float eps, int rounding, int seed, "
+            "Tensor? grad_scale=None, Tensor? found_inf=None, bool write_back_grads=False) -> ()",
+            &anyprecision_adamw);
 }
-TORCH_LIBRARY_IMPL(pytrainer, CPU, m) { m.impl("anyprecision_adamw_", &anyprecision_adamw); }
-#if defined(PYTRAINER_WITH_CUDA)
-TORCH_LIBRARY_IMPL(pytrainer, CUDA, m) { m.impl("anyprecision_adamw_", &anyprecision_adamw); }
-#endif
 
 }  // namespace pytrainer

@@ -9,7 +9,7 @@
 
 #include "common/checks.h"
 #include "cpu/dispatch.h"
-#include "define_op.h"
+#include "op.h"
 
 // The namespace is ours; its ops are defined in fragments (define_op).
 TORCH_LIBRARY(pytrainer, m) {}

@@ -149,14 +149,12 @@ void check_steps(const char* op, TensorList params, TensorList steps) {
 }  // namespace
 
 void check_steps_and_scalars(const char* op, TensorList params, TensorList steps,
-                             const std::optional<at::Tensor>& lr_tensor,
-                             const std::optional<at::Tensor>& grad_scale,
-                             const std::optional<at::Tensor>& found_inf) {
+                             const StepArgs& args) {
   check_steps(op, params, steps);
   const at::Device device = params[0].device();
-  check_scalar_tensor(op, lr_tensor, "lr", device, /*cpu_ok=*/true);
-  check_scalar_tensor(op, grad_scale, "grad_scale", device, /*cpu_ok=*/false);
-  check_scalar_tensor(op, found_inf, "found_inf", device, /*cpu_ok=*/false);
+  check_scalar_tensor(op, args.lr_tensor, "lr", device, /*cpu_ok=*/true);
+  check_scalar_tensor(op, args.grad_scale, "grad_scale", device, /*cpu_ok=*/false);
+  check_scalar_tensor(op, args.found_inf, "found_inf", device, /*cpu_ok=*/false);
 }
 
 }  // namespace pytrainer

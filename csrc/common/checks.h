@@ -8,6 +8,8 @@
 
 #include <optional>
 
+#include "common/step_args.h"
+
 namespace pytrainer {
 
 using TensorList = c10::ArrayRef<at::Tensor>;
@@ -34,13 +36,12 @@ void check_grads(const char* op, TensorList params, TensorList grads);
 // No tensor of `list` (the op's argument `name`) is sparse.
 void check_not_sparse(const char* op, TensorList list, const char* name);
 
-// What every op takes besides its tensor lists: one float32 step count per
-// param (a 0-d or 1-element tensor on the param's device), and the optional
-// scalar tensors lr (on the params' device or the CPU), grad_scale and found_inf.
+// What every op takes besides its own lists and hyperparameters: one float32
+// step count per param (a 0-d or 1-element tensor on the param's device), and
+// the optional scalar tensors lr (on the params' device or the CPU),
+// grad_scale and found_inf.
 void check_steps_and_scalars(const char* op, TensorList params, TensorList steps,
-                             const std::optional<at::Tensor>& lr_tensor,
-                             const std::optional<at::Tensor>& grad_scale,
-                             const std::optional<at::Tensor>& found_inf);
+                             const StepArgs& args);
 
 void check_same_length(const char* op, TensorList params, TensorList other, const char* name,
                        size_t expected);

@@ -83,8 +83,8 @@ class KernelOptimizer(torch.optim.Optimizer):
     # ------------------------------------------------------------ what a subclass declares
 
     def _state_lists(self, group: dict[str, Any]) -> dict[str, StateList]:
-        """The kernel's state lists for ``group``, by kernel argument name, in the
-        kernel's order (see :data:`StateList`)."""
+        """The kernel's state lists for ``group`` by kernel argument name (see
+        :data:`StateList`); new states are created in this order."""
         raise NotImplementedError
 
     def _kernel_args(self, group: dict[str, Any], first_index: int) -> dict[str, Any]:

@@ -3,6 +3,7 @@ Kahan-compensated or stochastically rounded updates, in one fused kernel call
 per parameter group."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -43,6 +44,17 @@ def resolve_state_dtype(name: str, value: Any) -> torch.dtype:
     raise ValueError(invalid_choice_message(name, value, STATE_DTYPES))
 
 
+@functools.lru_cache(maxsize=None)
+def _state_lists(momentum_dtype, variance_dtype, compensation_buffer_dtype, kahan: bool):
+    """The kernel's state lists (the same objects for the same settings, which
+    keeps the per-step check of the cached lists an identity comparison)."""
+    return {"exp_avgs": State("exp_avg", resolve_state_dtype("momentum_dtype", momentum_dtype)),
+            "exp_avg_sqs": State("exp_avg_sq", resolve_state_dtype("variance_dtype",
+                                                                   variance_dtype)),
+            "compensations": State("compensation", resolve_state_dtype(
+                "compensation_buffer_dtype", compensation_buffer_dtype)) if kahan else None}
+
+
 class AnyPrecisionAdamW(KernelOptimizer):
     _op_name = "anyprecision_adamw_"
     _param_dtypes = (torch.float32, torch.bfloat16, torch.float16)
@@ -77,15 +89,8 @@ class AnyPrecisionAdamW(KernelOptimizer):
         super().__init__(params, defaults)
 
     def _state_lists(self, group):
-        lists = {"exp_avgs": State("exp_avg", resolve_state_dtype(
-                     "momentum_dtype", group["momentum_dtype"])),
-                 "exp_avg_sqs": State("exp_avg_sq", resolve_state_dtype(
-                     "variance_dtype", group["variance_dtype"])),
-                 "compensations": None}
-        if group["use_kahan_summation"]:
-            lists["compensations"] = State("compensation", resolve_state_dtype(
-                "compensation_buffer_dtype", group["compensation_buffer_dtype"]))
-        return lists
+        return _state_lists(group["momentum_dtype"], group["variance_dtype"],
+                            group["compensation_buffer_dtype"], group["use_kahan_summation"])
 
     def _kernel_args(self, group, first_index):
         beta1, beta2 = group["betas"]

@@ -1,27 +1,44 @@
-// Defining an op of the pytrainer library in one call: its schema, the rules
-// every op shares, and its Python entry. Each op's file (csrc/<op>.cpp) calls
-// define_op in a TORCH_LIBRARY_FRAGMENT and registers its CPU and CUDA kernels.
+// What the file of each op (csrc/<op>.cpp) builds on: the input checks, the
+// CPU and CUDA step helpers, and define_op, which registers the op in one call.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <string>
 
+#include "common/checks.h"
+#include "common/step_args.h"
+#include "cpu/dispatch.h"
+#include "cpu/dtypes.h"
+#include "cpu/op_step.h"
 #include "python_entry.h"
+#if defined(PYTRAINER_WITH_CUDA)
+#include "cuda/launch.h"
+#include "cuda/tensor_table.h"
+#endif
 
 namespace pytrainer {
+
+using OptTensor = std::optional<at::Tensor>;
 
 // The kernel of every op for sparse tensors (see define_op): names the first
 // sparse argument.
 void reject_sparse(const c10::OperatorHandle& op, torch::jit::Stack* stack);
 
-// Defines torch.ops.pytrainer.<name> by its `schema` ("<name>(...) -> ()") and
-// pytrainer._C.<name>; Signature is the C++ type of its kernels.
+// Defines torch.ops.pytrainer.<name> by its `schema` ("<name>(...) -> ()") with
+// `kernel` for the CPU and CUDA (the dispatcher picks it by the tensors'
+// device), and pytrainer._C.<name>.
 template <class Signature>
-void define_op(torch::Library& library, const char* schema) {
+void define_op(torch::Library& library, const char* schema, Signature* kernel) {
   const std::string text(schema);
   const std::string name = text.substr(0, text.find('('));
   library.def(schema);
+  library.impl(name.c_str(), torch::dispatch(c10::DispatchKey::CPU, kernel));
+#if defined(PYTRAINER_WITH_CUDA)
+  library.impl(name.c_str(), torch::dispatch(c10::DispatchKey::CUDA, kernel));
+#endif
   // The ops update optimizer state under torch.no_grad(): autograd has nothing
   // to record, and its boxed fallback would copy every tensor list on every call.
   library.impl(name.c_str(), torch::dispatch(c10::DispatchKey::Autograd,
