@@ -61,3 +61,52 @@ def test_cuda_params_without_cuda_kernels_get_a_clear_error(monkeypatch):
     monkeypatch.setattr(ops, "has_kernels", lambda device, op="adamw_": torch.device(device).type == "cpu")
     with pytest.raises(ops.KernelsUnavailableError, match="no adamw_ kernel for cuda"):
         ops.check_device(torch.device("cuda"), "adamw_")
+
+
+def _adamw_arguments():
+    """A valid call of pytrainer._C.adamw_: its tensor lists and its other arguments."""
+    p = torch.randn(3)
+    lists = dict(params=[p], grads=[torch.randn(3)], exp_avgs=[torch.zeros(3)],
+                 exp_avg_sqs=[torch.zeros(3)], max_exp_avg_sqs=[], state_steps=[torch.zeros(())])
+    rest = dict(lr=1e-3, lr_tensor=None, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
+                amsgrad=False, maximize=False, grad_scale=None, found_inf=None,
+                write_back_grads=False)
+    return lists, rest
+
+
+@pytest.mark.skipif(not ops.available(), reason="compiled kernels not built")
+def test_entries_take_everything_after_the_tensor_lists_by_keyword_only():
+    lists, rest = _adamw_arguments()
+    before = lists["params"][0].clone()
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        ops.kernels.adamw_(*lists.values(), *rest.values())
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        ops.kernels.adamw_(*lists.values(), 1e-3, **{k: v for k, v in rest.items() if k != "lr"})
+    assert torch.equal(lists["params"][0], before) and lists["state_steps"][0].item() == 0
+    ops.kernels.adamw_(*lists.values(), **rest)  # the lists by position, the rest by name
+    assert not torch.equal(lists["params"][0], before) and lists["state_steps"][0].item() == 1
+
+
+@pytest.mark.skipif(not ops.available(), reason="compiled kernels not built")
+def test_a_misspelled_or_missing_keyword_is_refused():
+    lists, rest = _adamw_arguments()
+    rest["betta1"] = rest.pop("beta1")
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        ops.kernels.adamw_(**lists, **rest)
+    rest.pop("betta1")
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        ops.kernels.adamw_(**lists, **rest)
+    assert lists["state_steps"][0].item() == 0
+
+
+@pytest.mark.skipif(not ops.available(), reason="compiled kernels not built")
+@pytest.mark.parametrize("op", ["adamw_", "anyprecision_adamw_", "adafactor_"])
+def test_entries_name_their_arguments_as_the_schema_does(op):
+    schema = getattr(torch.ops.pytrainer, op).default._schema
+    names = [a.name for a in schema.arguments]
+    lists = [a.name for a in schema.arguments if not a.kwarg_only]
+    assert lists and all(str(a.type) == "List[Tensor]" for a in schema.arguments[:len(lists)])
+    signature = getattr(ops.kernels, op).__doc__.splitlines()[0]
+    shown = [part.split(":")[0].strip() for part in signature[signature.index("(") + 1:
+                                                               signature.rindex(")")].split(", ")]
+    assert shown == lists + ["*"] + names[len(lists):]
