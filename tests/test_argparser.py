@@ -51,11 +51,11 @@ def test_typed_values():
     args = parse("--per_device_train_batch_size", "4", "--num_train_epochs", "1.5",
                  "--max_steps", "-1", "--data_seed", "7", "--save_total_limit", "2",
                  "--output_dir", "runs/x", "--metric_for_best_model", "accuracy",
-                 "--optim_args", "a=1")
+                 "--optim", "sgd", "--optim_args", "momentum=0.9")
     assert (args.per_device_train_batch_size, args.num_train_epochs, args.max_steps) == (4, 1.5,
                                                                                           -1)
     assert (args.data_seed, args.save_total_limit, args.output_dir) == (7, 2, "runs/x")
-    assert (args.metric_for_best_model, args.optim_args) == ("accuracy", "a=1")
+    assert (args.metric_for_best_model, args.optim_args) == ("accuracy", "momentum=0.9")
 
 
 def test_step_ratios_and_json_dicts_from_the_command_line():
@@ -101,9 +101,9 @@ def test_no_flag_only_for_bools_defaulting_to_true(capsys):
 
 
 def test_optional_bool_flags():
-    assert parse().do_eval is None
-    assert parse("--do_eval").do_eval is True
-    assert parse("--do_eval", "false").do_eval is False
+    assert parse().tf32 is None
+    assert parse("--tf32").tf32 is True
+    assert parse("--tf32", "false").tf32 is False
     assert parse("--greater_is_better", "no").greater_is_better is False
 
 
