@@ -92,6 +92,7 @@ def _main(*argv):
     (["--warmup_steps", "5", "--warmup_ratio", "0.1"], "name the same argument"),
 ], ids=["output_dir", "apex", "bitsandbytes", "lomo", "optim_args", "report_to", "resume",
         "push_to_hub", "deprecated-conflict"])
+@pytest.mark.filterwarnings("ignore:warmup_ratio is a transformers 4.x:FutureWarning")
 def test_setup_errors_exit_2_with_one_line_before_training(capsys, monkeypatch, tmp_path, extra,
                                                            fragment):
     for module in ("apex", "bitsandbytes", "lomo_optim"):
