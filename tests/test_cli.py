@@ -69,3 +69,57 @@ def test_usage_and_unknown_command():
     assert "pytrainer train" in run("--help").stdout
     out = run("trian")
     assert out.returncode == 2 and "unknown command 'trian'" in out.stderr
+
+
+# ------------------------------------------------------------- setup errors
+def _main(*argv):
+    from pytrainer.cli import main
+    return main(list(argv))
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--output_dir", "{blocker}/out"], "--output_dir {blocker}/out: cannot write there"),
+    (["--optim", "adamw_apex_fused"], "optim='adamw_apex_fused' needs apex, which is not "
+                                      "installed"),
+    (["--optim", "adamw_bnb_8bit"], "needs bitsandbytes, which is not installed (pip install "
+                                    "bitsandbytes)"),
+    (["--optim", "lomo"], "optim='lomo' not available in pytrainer"),
+    (["--optim", "sgd", "--optim_args", "momentun=0.9"], "optim_args key 'momentun' is not "
+                                                         "valid for sgd"),
+    (["--report_to", "wandb"], "report_to='wandb' is not supported"),
+    (["--resume_from_checkpoint", "{tmp}/absent"], "no such checkpoint folder"),
+    (["--push_to_hub"], "push_to_hub=True is not available in pytrainer"),
+    (["--warmup_steps", "5", "--warmup_ratio", "0.1"], "name the same argument"),
+], ids=["output_dir", "apex", "bitsandbytes", "lomo", "optim_args", "report_to", "resume",
+        "push_to_hub", "deprecated-conflict"])
+@pytest.mark.filterwarnings("ignore:warmup_ratio is a transformers 4.x:FutureWarning")
+def test_setup_errors_exit_2_with_one_line_before_training(capsys, monkeypatch, tmp_path, extra,
+                                                           fragment):
+    for module in ("apex", "bitsandbytes", "lomo_optim"):
+        monkeypatch.setitem(sys.modules, module, None)  # as on a machine without them
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    values = {"blocker": blocker, "tmp": tmp_path}
+    extra = [token.format(**values) for token in extra]
+    if "--output_dir" not in extra:
+        extra += ["--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_:
+        _main("train", *TINY, *extra)
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and out == ""  # nothing ran: no banner, no training
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pytrainer train: error: ") and fragment.format(**values) in last
+
+
+def test_help_lists_the_optimizers_available_here(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _main("train", "--help")
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    (available,) = [line for line in out.splitlines()
+                    if line.startswith("optimizers available here:")]
+    for name in ("adamw_torch_fused", "adamw_custom_fused", "sgd", "adafactor"):
+        assert name in available
+    assert "needing a library (pip install bitsandbytes)" in out
+    assert "not available in pytrainer (its Trainer cannot drive them)" in out
