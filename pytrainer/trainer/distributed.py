@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistributedContext", "init_distributed", "select_device", "DistributedSetupError",
-           "fsdp2_available", "shard_fsdp2"]
+           "fsdp2_available"]
 
 
 class DistributedSetupError(RuntimeError):
@@ -142,16 +142,3 @@ def fsdp2_available() -> bool:
         return False
     return True
 
-
-def shard_fsdp2(model: torch.nn.Module) -> None:
-    """FSDP2 in place: each child module with parameters is a unit, then the root
-    (which takes the rest); parameters become DTensors holding this rank's shard."""
-    if not fsdp2_available():
-        raise DistributedSetupError(
-            f"fsdp2=True needs torch.distributed.fsdp.fully_shard (torch >= 2.6); this is torch "
-            f"{torch.__version__}")
-    from torch.distributed.fsdp import fully_shard
-    for child in model.children():
-        if any(p.requires_grad for p in child.parameters()):
-            fully_shard(child)
-    fully_shard(model)
