@@ -20,7 +20,7 @@ from pytrainer.trainer.distributed import (DistributedContext, DistributedSetupE
 from pytrainer.trainer.stepping import squared_norm
 
 __all__ = ["Replicated", "DataParallel", "FullyShardedParallel", "choose_parallel",
-           "shard_fsdp2"]
+           "shard_fsdp2", "fsdp2_units"]
 
 
 class Replicated:
@@ -93,8 +93,12 @@ class FullyShardedParallel(Replicated):
 
     rebuilds_optimizer = True
 
+    def __init__(self, dist: DistributedContext, device: torch.device):
+        super().__init__(dist)
+        self.device = device
+
     def wrap(self, model: nn.Module) -> nn.Module:
-        shard_fsdp2(model)
+        shard_fsdp2(model, self.device.type, self.dist.world_size)
         return model
 
     def gradient_sync(self, wrapped: nn.Module, enabled: bool) -> ContextManager:
@@ -142,18 +146,48 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def shard_fsdp2(model: nn.Module) -> None:
-    """FSDP2 in place: each child module with parameters is a unit, then the root
-    (which takes the rest); parameters become DTensors holding this rank's shard."""
+def shard_fsdp2(model: nn.Module, device_type: str, world_size: int) -> None:
+    """FSDP2 in place over a mesh of the world's ``device_type`` devices: each unit of
+    ``fsdp2_units`` shards on its own (its parameters are gathered for its forward
+    only), then the root takes the rest; parameters become DTensors holding this
+    rank's shard."""
     if not fsdp2_available():
         raise DistributedSetupError(
             f"fsdp2=True needs torch.distributed.fsdp.fully_shard (torch >= 2.6); this is torch "
             f"{torch.__version__}")
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
-    for child in model.children():
-        if any(p.requires_grad for p in child.parameters()):
-            fully_shard(child)
-    fully_shard(model)
+    mesh = init_device_mesh(device_type, (world_size,))
+    for unit in fsdp2_units(model):
+        fully_shard(unit, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def fsdp2_units(model: nn.Module) -> list[nn.Module]:
+    """The submodules FSDP2 shards as units of their own: the children with
+    trainable parameters, looking inside containers (modules without a forward,
+    such as a ModuleList of blocks: each block is a unit; FSDP2 gathers a unit's
+    parameters around its forward) and inside children that hold a tied
+    parameter, which stays with the root (one FSDP group must own every module
+    that uses it, e.g. a language model's embedding and output layer)."""
+    names: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        names[id(param)] = names.get(id(param), 0) + 1
+    tied = {pid for pid, count in names.items() if count > 1}
+    units: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            params = list(child.parameters())
+            if not any(p.requires_grad for p in params):
+                continue
+            if type(child).forward is nn.Module.forward or any(id(p) in tied for p in params):
+                visit(child)
+            else:
+                units.append(child)
+
+    visit(model)
+    return units
 
 
 def choose_parallel(dist: DistributedContext, device: torch.device, fsdp2: bool,
@@ -162,5 +196,5 @@ def choose_parallel(dist: DistributedContext, device: torch.device, fsdp2: bool,
     if not dist.enabled:
         return Replicated(dist)
     if fsdp2:
-        return FullyShardedParallel(dist)
+        return FullyShardedParallel(dist, device)
     return DataParallel(dist, device, find_unused_parameters)

@@ -54,8 +54,8 @@ class Stepper:
     def step(self, optimizer: torch.optim.Optimizer, grads: list[torch.Tensor],
              norm: torch.Tensor, bad: torch.Tensor, loss_bad: torch.Tensor) -> torch.Tensor:
         """Clips to ``max_grad_norm`` and steps unless ``bad`` (a device bool: the
-        norm or a loss is not finite, the same on every rank); returns the device
-        flag of an update that counts as skipped."""
+        norm or a loss is not finite; ``loss_bad``: a loss is; both the same on every
+        rank); returns the device flag of an update that counts as skipped."""
         raise NotImplementedError
 
     def _divisor(self, norm: torch.Tensor) -> torch.Tensor | None:
@@ -70,8 +70,9 @@ class Stepper:
 
 
 class GradScalerStepper(Stepper):
-    """fp16: the scaler finds inf/NaN gradients itself and skips those steps (an
-    overflow of the loss scale is routine, not a non-finite update)."""
+    """fp16: the scaler finds inf/NaN gradients itself and skips those steps. An
+    overflow of the loss scale is routine (the scaler lowers the scale), so only
+    a non-finite loss counts as a skipped update."""
 
     def __init__(self, max_grad_norm: float, scaler: torch.amp.GradScaler):
         super().__init__(max_grad_norm)
@@ -87,7 +88,7 @@ class GradScalerStepper(Stepper):
         self._clip_in_place(grads, norm)
         self.scaler.step(optimizer)
         self.scaler.update()
-        return torch.zeros_like(bad)
+        return loss_bad
 
 
 class FoldedStepper(Stepper):

@@ -35,6 +35,7 @@ from pytrainer.trainer.data import (WindowBatchSampler, build_eval_loader, build
 from pytrainer.trainer.distributed import init_distributed, select_device
 from pytrainer.trainer.evaluation import batch_size_of, gather_in_order, logits_of, to_numpy
 from pytrainer.trainer.model_io import accepts_loss_kwargs, loss_of, loss_shifts_labels, to_device
+from pytrainer.trainer.nonfinite import NonFiniteWatch, Reading
 from pytrainer.trainer.parallel import Replicated, choose_parallel
 from pytrainer.trainer.schedules import create_scheduler
 from pytrainer.trainer.state import (CheckpointError, EvalPrediction, PredictionOutput,
@@ -91,6 +92,12 @@ class Trainer:
         self.compute_metrics = compute_metrics
         self.compute_loss_func = compute_loss_func
         self.optimizer, self.lr_scheduler = optimizers
+        if args.fsdp2 and self.dist.enabled and self.optimizer is not None:
+            raise ValueError(
+                "fsdp2=True shards the model when training starts, and an optimizer passed in "
+                "`optimizers` would keep updating the parameters from before sharding (training "
+                "nothing); let the Trainer create it (optim=..., learning_rate=..., "
+                "weight_decay=...), or pass optimizer_cls_and_kwargs=(optimizer class, kwargs)")
         self.model_accepts_loss_kwargs = accepts_loss_kwargs(self.model)
         self.loss_shifts_labels = loss_shifts_labels(self.model)
         self.label_names = args.label_names or ["labels"]
@@ -231,7 +238,8 @@ class Trainer:
         self._reset_accumulators()
         start, start_step = time.perf_counter(), self.state.global_step
         samples = self._train_epochs(model, loader, sampler, plan)
-        self._check_nonfinite(final=True)
+        self._note_skipped(self._watch.drain())  # the last updates' flags
+        self._stop_if_nonfinite()
         return self._end_training(time.perf_counter() - start, start_step, samples)
 
     def _train_epochs(self, model: nn.Module, loader, sampler: WindowBatchSampler,
@@ -363,11 +371,11 @@ class Trainer:
             self.lr_scheduler.step()
         self.model.zero_grad(set_to_none=True)
         self.state.global_step += 1
-        good = (~bad).to(step_loss.dtype)
-        self._loss_sum += step_loss.float() * good
-        self._good_steps += good
-        self._streak = (self._streak + 1) * bad.to(self._streak.dtype)
-        self._check_nonfinite()
+        # where, not a product: the loss of a skipped update may be NaN
+        self._loss_sum += torch.where(bad, 0.0, step_loss.float())
+        self._good_steps += (~bad).to(self._good_steps.dtype)
+        self._note_skipped(self._watch.record(self.state.global_step, bad))
+        self._stop_if_nonfinite()
 
     def _current_lr(self) -> float:
         if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "get_last_lr"):
@@ -381,54 +389,44 @@ class Trainer:
         device = self.device
         self._loss_sum = torch.tensor(self.state.loss_since_log, device=device)
         self._good_steps = torch.tensor(float(self.state.steps_since_log), device=device)
-        self._streak = torch.tensor(float(self.state.consecutive_bad_steps), device=device)
         self._grad_norm = torch.zeros((), device=device)
-        self._streak_seen = int(self.state.consecutive_bad_steps)
-        self._pending: tuple[int, torch.Tensor, Any] | None = None
+        self._watch = NonFiniteWatch(device, streak=self.state.consecutive_bad_steps)
+        self._nonfinite_limit_hit: tuple[int, int] | None = None
 
-    def _check_nonfinite(self, final: bool = False) -> None:
-        """Reads the streak of skipped updates one update late (a non-blocking copy
-        and an event on CUDA: no synchronisation), logs each skipped update, and
-        stops the run after ``nonfinite_steps_limit`` in a row."""
-        if self.device.type == "cuda":
-            if self._pending is not None:
-                step, host, event = self._pending
-                if final:
-                    event.synchronize()
-                if event.query():
-                    self._pending = None
-                    self._on_streak(step, int(host.item()))
-            if not final and self._pending is None:
-                host = torch.empty((), dtype=torch.float32, pin_memory=True)
-                host.copy_(self._streak, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-                self._pending = (self.state.global_step, host, event)
-        elif not final:
-            self._on_streak(self.state.global_step, int(self._streak.item()))
-
-    def _on_streak(self, step: int, streak: int) -> None:
-        if streak > 0 and streak != self._streak_seen:
-            message = f"non-finite loss or gradient at step {step}: update skipped"
-            logger.warning(message)
-            self.log({"nonfinite_update_skipped": step})
-        self._streak_seen = streak
-        self.state.consecutive_bad_steps = streak
+    def _note_skipped(self, readings: list[Reading]) -> None:
+        """Logs each skipped update read, and notes when ``nonfinite_steps_limit``
+        of them came in a row (``_stop_if_nonfinite`` then stops)."""
         limit = self.args.nonfinite_steps_limit
-        if limit and streak >= limit:
-            path = self._save_checkpoint()
-            raise NonFiniteLossError(
-                f"{streak} consecutive updates (through step {step}) had a NaN or inf loss or "
-                f"gradient and were skipped; stopping (nonfinite_steps_limit={limit}). The "
-                f"parameters are those of the last good update, saved in {path}")
+        for step, skipped, streak in readings:
+            if skipped:
+                logger.warning("non-finite loss or gradient at step %d: update skipped", step)
+                self._log({"nonfinite_update_skipped": step}, step)
+            if limit and streak >= limit and self._nonfinite_limit_hit is None:
+                self._nonfinite_limit_hit = (step, streak)
+        self.state.consecutive_bad_steps = self._watch.streak
+
+    def _stop_if_nonfinite(self) -> None:
+        if self._nonfinite_limit_hit is None:
+            return
+        step, streak = self._nonfinite_limit_hit
+        path = self._save_checkpoint()
+        raise NonFiniteLossError(
+            f"{streak} consecutive updates (through step {step}) had a NaN or inf loss or "
+            f"gradient and were skipped; stopping (nonfinite_steps_limit="
+            f"{self.args.nonfinite_steps_limit}). The parameters are those of the last good "
+            f"update, saved in {path}")
 
     # ------------------------------------------------------------ log / eval / save
-    def _flush_loss_accumulators(self) -> tuple[float, int]:
-        """Moves the device loss sums into the state (a host read); every rank takes
-        part (the loss logged is the mean over ranks, the loss of the global batch)."""
+    def _reduce_loss_sum(self) -> float:
+        """The loss sum since the last log line, averaged over ranks (every rank
+        takes part): the loss of the global batch, the same on every rank."""
         self.dist.all_reduce_sum(self._loss_sum)
         self._loss_sum /= self.dist.world_size
-        loss = float(self._loss_sum.item())
+        return float(self._loss_sum.item())
+
+    def _flush_loss_accumulators(self) -> tuple[float, int]:
+        """Moves the device loss sums into the state (a host read)."""
+        loss = self._reduce_loss_sum()
         good = int(self._good_steps.item())
         self.state.total_loss += loss
         self._loss_sum.zero_()
@@ -439,6 +437,10 @@ class Trainer:
 
     def _maybe_log_save_evaluate(self) -> None:
         metrics = None
+        control = self.control
+        if control.should_log or control.should_evaluate or control.should_save:
+            # the host waits for the device here anyway: skipped updates first
+            self._note_skipped(self._watch.drain())
         if self.control.should_log:
             loss, good = self._flush_loss_accumulators()
             logs: dict[str, float] = {}
@@ -458,6 +460,7 @@ class Trainer:
             self._save_checkpoint(metrics)
             self._event("on_save")
         self.control._new_step()
+        self._stop_if_nonfinite()
 
     def _best_metric_name(self) -> str:
         name = self.args.metric_for_best_model or "loss"
@@ -475,9 +478,12 @@ class Trainer:
 
     def log(self, logs: dict[str, float]) -> None:
         """Adds ``epoch`` and ``step``, appends to the state's log history, calls on_log."""
+        self._log(logs, self.state.global_step)
+
+    def _log(self, logs: dict[str, float], step: int) -> None:
         if self.state.epoch is not None:
             logs.setdefault("epoch", self.state.epoch)
-        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self.state.log_history.append({**logs, "step": step})
         self._event("on_log", logs=logs)
 
     def _rng_state(self) -> dict[str, Any]:
@@ -491,10 +497,11 @@ class Trainer:
             self.state.best_global_step = self.state.global_step
             self.state.best_model_checkpoint = os.path.join(
                 args.output_dir, f"{ckpt.PREFIX}-{self.state.global_step}")
-        # the loss bookkeeping, so that a resumed run logs what this one would
-        self.state.loss_since_log = float(self._loss_sum.item())
+        # the loss bookkeeping, so that a resumed run logs what this one would: the
+        # sum reduced over ranks (what every rank resumes from), the skips read
+        self.state.loss_since_log = self._reduce_loss_sum()
         self.state.steps_since_log = int(self._good_steps.item())
-        self.state.consecutive_bad_steps = int(self._streak.item())
+        self._note_skipped(self._watch.drain())
         model_state, optimizer_state = self.parallel.full_states(self.model, self.optimizer)
         path = ckpt.save_checkpoint(
             args.output_dir, self.state.global_step, model=self.model,
@@ -592,9 +599,9 @@ class Trainer:
 
     def _evaluation_loop(self, dataset: Dataset, prefix: str, keep_predictions: bool = False):
         args = self.args
-        loader = build_eval_loader(dataset, args.per_device_eval_batch_size, self.data_collator,
-                                   args.dataloader_num_workers, self.device,
-                                   self.dist.world_size, self.dist.rank)
+        loader, real = build_eval_loader(dataset, args.per_device_eval_batch_size,
+                                         self.data_collator, args.dataloader_num_workers,
+                                         self.device, self.dist.world_size, self.dist.rank)
         model = self.model
         was_training = model.training
         model.eval()
@@ -606,10 +613,13 @@ class Trainer:
         for index, batch in enumerate(loader):
             batch = to_device(batch, self.device)
             loss, logits, label = self.prediction_step(model, batch)
-            size = batch_size_of(batch)
-            if loss is not None and torch.isfinite(loss):
-                loss_sum += loss.double() * size
-                counted += size
+            if index >= real:  # run only to keep in step with the other ranks
+                continue
+            if loss is not None:  # a non-finite loss is left out, on the device
+                finite = torch.isfinite(loss)
+                size = batch_size_of(batch)
+                loss_sum += torch.where(finite, loss.double() * size, 0.0)
+                counted += finite.double() * size
             if want:
                 predictions.append((index, to_numpy(logits)))
                 labels.append((index, to_numpy(label) if label is not None else None))
