@@ -154,10 +154,12 @@ def train_command(argv: list[str]) -> int:
             print(f"  {key:<28} {value:.4f}" if isinstance(value, float) else f"  {key:<28} {value}")
         print(f"\nwrote {path}" + (f" and {plot}" if plot else " (no plot: matplotlib is not "
                                                         "installed)"))
-        if data_args.sample_length and args.do_train:
-            import torch
-            sample = model.generate(b"def ", data_args.sample_length,
-                                    generator=torch.Generator().manual_seed(args.seed))
+    if data_args.sample_length and args.do_train:
+        # on every rank: each forward of a sharded (FSDP2) model is a collective
+        import torch
+        sample = model.generate(b"def ", data_args.sample_length,
+                                generator=torch.Generator().manual_seed(args.seed))
+        if main_process:
             print("\nsample:\n" + sample.decode("utf-8", errors="replace"))
     trainer.close()
     return 0
