@@ -7,12 +7,13 @@ import re
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import pytrainer
-from pytrainer import _build_info, cli, ops
+from pytrainer import _build_info, cli, env_report, ops
 
 FIELDS = ("pytrainer", "Python", "platform", "CPU", "torch", "torch CUDA", "torch GPU archs",
           "kernels", "CPU instruction set", "GPUs", "transformers", "accelerate")
@@ -99,3 +100,15 @@ def test_env_is_a_command_of_the_cli(capsys):
     assert "env " in capsys.readouterr().out
     assert cli.main(["env", "--verbose"]) == 2
     assert "takes no arguments" in capsys.readouterr().err
+
+
+def test_gpus_are_listed_with_name_capability_and_memory():
+    # No GPU here: the listing runs on a stand-in for torch.cuda.
+    gpus = [SimpleNamespace(name="NVIDIA H200", major=9, minor=0, total_memory=141 * 2**30),
+            SimpleNamespace(name="NVIDIA A100", major=8, minor=0, total_memory=40 * 2**30)]
+    cuda = SimpleNamespace(is_available=lambda: True, device_count=lambda: len(gpus),
+                           get_device_properties=lambda index: gpus[index])
+    assert env_report._gpus(SimpleNamespace(cuda=cuda)) == [
+        ("GPUs", "2"),
+        ("  GPU 0", "NVIDIA H200, compute capability 9.0, 141.0 GiB"),
+        ("  GPU 1", "NVIDIA A100, compute capability 8.0, 40.0 GiB")]

@@ -5,12 +5,14 @@ Nothing here compiles: the metadata and the sdist come from setup.py's own hooks
 from __future__ import annotations
 
 import email
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -171,6 +173,35 @@ def test_build_plan_without_a_gpu_names_the_architectures_and_the_faster_ways():
                             text=True, timeout=300,
                             env=_env(PYTRAINER_CUDA="1", TORCH_CUDA_ARCH_LIST="8.6"))
     assert "GPU architectures 8.6 (TORCH_CUDA_ARCH_LIST)" in chosen.stdout, chosen.stderr
+
+
+def load_setup_py():
+    """setup.py as a module (its main() does not run on import)."""
+    spec = importlib.util.spec_from_file_location("pytrainer_setup_py", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("capabilities, expected", [
+    ([(9, 0)], "9.0+PTX"),
+    ([(8, 6), (8, 0), (8, 6)], "8.0;8.6+PTX"),
+    ([(13, 0), (9, 0)], "9.0;12.0+PTX"),  # a GPU newer than torch ships: its newest
+    ([], "7.5;8.0;8.6;9.0;10.0;12.0+PTX"),  # none visible: everything torch ships
+])
+def test_default_architectures_follow_the_visible_gpus(monkeypatch, capabilities, expected):
+    # No GPU here: the choice runs on a stand-in for torch.cuda.
+    cuda = SimpleNamespace(
+        get_arch_list=lambda: ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"],
+        device_count=lambda: len(capabilities),
+        get_device_capability=lambda index: capabilities[index])
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    setup_py = load_setup_py()
+    arch_list, why = setup_py.cuda_arch_list(SimpleNamespace(cuda=cuda, __version__="2.14.1"))
+    assert arch_list == expected
+    assert why == ("the visible GPUs" if capabilities else setup_py.NO_GPU)
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.9")
+    assert setup_py.cuda_arch_list(SimpleNamespace(cuda=cuda)) == ("8.9", "TORCH_CUDA_ARCH_LIST")
 
 
 def test_the_built_module_records_what_it_was_built_against():
