@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from pytrainer import TrainingArguments
-from pytrainer.optim import (AdamWHF, create_optimizer, get_decay_parameter_names,
-                             optimizer_names)
+from pytrainer.optim import (AdamWHF, OptimizerConfig, build_optimizer, create_optimizer,
+                             get_decay_parameter_names, optimizer_names)
 from tests.optim_db import OPTIMS
 from tests.reference.hf_adamw import adamw_hf_step
 
@@ -169,16 +169,26 @@ def test_every_name_of_the_issue_is_registered():
 
 
 def test_optim_args_are_rejected_by_optimizers_that_take_none():
-    args = TrainingArguments(optim="adamw_torch", optim_args="amsgrad=true")
+    # at construction of the arguments (a setup error), and by the builder itself
+    with pytest.raises(ValueError, match="optim='adamw_torch' with optim_args='amsgrad=true'.*"
+                                         "takes no optim_args"):
+        TrainingArguments(optim="adamw_torch", optim_args="amsgrad=true")
+    config = OptimizerConfig(optim_args={"amsgrad": "true"})
     with pytest.raises(ValueError, match="takes no optim_args"):
-        create_optimizer(TinyLM(), args)
+        build_optimizer("adamw_torch", [{"params": list(TinyLM().parameters())}], config)
 
 
 def test_apex_missing_suggests_the_custom_fused_optimizer(monkeypatch):
     monkeypatch.setitem(sys.modules, "apex", None)
     monkeypatch.setitem(sys.modules, "apex.optimizers", None)
+    # TrainingArguments refuses it with what to install and what to use instead ...
+    with pytest.raises(ValueError, match="optim='adamw_apex_fused' needs apex.*"
+                                         "adamw_custom_fused"):
+        TrainingArguments(optim="adamw_apex_fused")
+    # ... and a builder called directly (a custom loop) says the same at build time
     with pytest.raises(ImportError, match="adamw_custom_fused"):
-        create_optimizer(TinyLM(), TrainingArguments(optim="adamw_apex_fused"))
+        build_optimizer("adamw_apex_fused", [{"params": list(TinyLM().parameters())}],
+                        OptimizerConfig())
 
 
 def test_apex_fused_adam_is_built_with_the_arguments(monkeypatch):
