@@ -1,0 +1,68 @@
+"""What the training batches amount to: input tokens seen
+(``include_num_input_tokens_seen``: all of them, or those the attention mask
+keeps) and Hugging Face's floating-point operation estimate. Tokens are summed
+on the device and added to the state when a log line or a checkpoint reads them."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from pytrainer.trainer.model_io import floating_point_ops
+
+__all__ = ["InputCounters"]
+
+logger = logging.getLogger("pytrainer")
+
+
+class InputCounters:
+    def __init__(self, model: nn.Module, device: torch.device, dist, tokens: str,
+                 pad_token_id: int | None):
+        self.model, self.dist, self.mode, self.pad_token_id = model, dist, tokens, pad_token_id
+        self.input_name = getattr(model, "main_input_name", "input_ids")
+        self._tokens = torch.zeros((), dtype=torch.int64, device=device)
+        self._flos = 0.0
+        self._warned = False
+
+    def add(self, batch: Mapping[str, Any]) -> None:
+        self._flos += float(floating_point_ops(self.model, batch))
+        if self.mode == "no":
+            return
+        inputs = batch.get(self.input_name)
+        if not isinstance(inputs, torch.Tensor):
+            if not self._warned:
+                logger.warning("include_num_input_tokens_seen: the batches have no %r tensor to "
+                               "count (the model's main_input_name)", self.input_name)
+                self._warned = True
+            return
+        if self.mode == "non_padding" and "attention_mask" in batch:
+            self._tokens += batch["attention_mask"].sum()
+        elif self.mode == "non_padding" and self.pad_token_id is not None:
+            self._tokens += (inputs != self.pad_token_id).sum()
+        else:
+            self._tokens += inputs.numel()
+
+    @staticmethod
+    def log_fields(state, start_time: float | None) -> dict[str, float]:
+        """What a log line adds: the tokens seen, and for a training line (with the
+        run's ``start_time``) its runtime and tokens per second, as Hugging Face."""
+        fields: dict[str, float] = {"num_input_tokens_seen": state.num_input_tokens_seen}
+        if start_time is not None:
+            runtime = time.perf_counter() - start_time
+            fields.update(train_runtime=round(runtime, 4), train_tokens_per_second=round(
+                state.num_input_tokens_seen / max(runtime, 1e-9), 3))
+        return fields
+
+    def flush(self, state) -> None:
+        """Adds the counts since the last flush, summed over ranks, to ``state``."""
+        if self.mode != "no":
+            state.num_input_tokens_seen += int(self.dist.all_reduce_sum(self._tokens).item())
+            self._tokens.zero_()
+        if self._flos or self.dist.enabled:  # every rank joins the reduction
+            flos = torch.tensor(self._flos, dtype=torch.float64, device=self._tokens.device)
+            state.total_flos += float(self.dist.all_reduce_sum(flos).item())
+            self._flos = 0.0
