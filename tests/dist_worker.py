@@ -80,6 +80,20 @@ class CountingTokenModel(TokenModel):
         return super().forward(input_ids, labels, num_items_in_batch)
 
 
+class SamplesSeen:
+    """compute_metrics for batch_eval_metrics: counts the samples it is given."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, prediction, compute_result):
+        self.count += len(prediction.label_ids)
+        if not compute_result:
+            return {}
+        count, self.count = self.count, 0
+        return {"samples_seen": count}
+
+
 def ddp_settings(wrapped):
     """The DistributedDataParallel options the Trainer passed (None without DDP)."""
     if not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
@@ -123,7 +137,8 @@ def main(config_path: str, out_path: str) -> None:
         cls_and_kwargs = (torch.optim.SGD, {"lr": fields.get("learning_rate", 0.05)})
     trainer = Trainer(model, args, train_dataset=train, eval_dataset=evaluation,
                       data_collator=collator, optimizers=optimizers,
-                      optimizer_cls_and_kwargs=cls_and_kwargs)
+                      optimizer_cls_and_kwargs=cls_and_kwargs,
+                      compute_metrics=SamplesSeen() if args.batch_eval_metrics else None)
     if config.get("stop_at"):
         trainer.add_callback(StopAt(config["stop_at"]))
     if config.get("raise_at"):
@@ -146,6 +161,7 @@ def main(config_path: str, out_path: str) -> None:
         with open(out_path, "w") as file:
             json.dump({"params": {k: v.float().flatten().tolist() for k, v in state.items()},
                        "history": history, "eval_loss": metrics["eval_loss"],
+                       "eval_samples_seen": metrics.get("eval_samples_seen"),
                        "world_size": trainer.dist.world_size,
                        "global_step": trainer.state.global_step,
                        "tied": config["model"] == "gpt2" and

@@ -144,11 +144,12 @@ def test_fsdp2_trains_a_transformers_gpt2_with_tied_embeddings_like_one_process(
     stay in the root's group. A NaN loss on one rank only skips the update on every
     rank (as one process skips it), and an evaluation set that gives the ranks
     different numbers of batches (9 samples, batches of 4) neither hangs nor
-    counts the padding."""
+    counts the padding, also when compute_metrics sees each batch (batch_eval_metrics:
+    the padding rank takes part in each gather and brings nothing)."""
     pytest.importorskip("transformers")
     config = dict(model="gpt2", accumulation=2, args=dict(
         optim="adamw_custom_fused", learning_rate=0.01, gradient_accumulation_steps=2,
-        max_steps=5, logging_steps=1))
+        max_steps=5, logging_steps=1, batch_eval_metrics=True))
     one = launch(tmp_path, "one", dict(config, nan_at=dict(step=3), args=dict(
         config["args"], per_device_train_batch_size=8)), 1)
     two = launch(tmp_path, "two", dict(config, nan_at=dict(step=3, rank=1), args=dict(
@@ -162,6 +163,7 @@ def test_fsdp2_trains_a_transformers_gpt2_with_tied_embeddings_like_one_process(
     losses = lambda run: [e["loss"] for e in run["history"] if "loss" in e]
     assert len(losses(two)) == 4 and losses(two) == pytest.approx(losses(one), rel=1e-5)
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-5)
+    assert two["eval_samples_seen"] == one["eval_samples_seen"] == 9
 
 
 def test_fsdp2_units_are_the_blocks_and_leave_tied_weights_to_the_root():

@@ -17,8 +17,8 @@ from torch.utils.data import Dataset
 from pytrainer import Trainer, TrainingArguments
 from pytrainer.field_kinds import FIELD_KINDS, Implemented, pending_fields
 from pytrainer.trainer import EarlyStoppingCallback, PaddingCollator, TrainerCallback
-from tests.trainer_fixtures import (RegressionDataset, RegressionModel, TokenDataset, TokenModel,
-                                    args as make_args)
+from tests.trainer_fixtures import (NanAt, RegressionDataset, RegressionModel, TokenDataset,
+                                    TokenModel, args as make_args)
 
 THIS = sys.modules[__name__]
 DISTRIBUTED = "tests/test_distributed.py::"
@@ -582,19 +582,6 @@ def test_log_level(tmp_path):
     finally:
         pytrainer_logger.setLevel(before[0])
         hf_logging.set_verbosity(before[1])
-
-
-class NanAt(RegressionModel):
-    def __init__(self, bad_calls):
-        super().__init__()
-        self.bad_calls, self.calls = set(bad_calls), 0
-
-    def forward(self, input_x, labels=None):
-        self.calls += 1
-        out = super().forward(input_x, labels)
-        if self.calls in self.bad_calls:
-            out["loss"] = out["loss"] * float("nan")
-        return out
 
 
 def test_logging_nan_inf_filter(tmp_path):

@@ -202,26 +202,25 @@ def run_evaluation(model: torch.nn.Module, loader, real: int | None, settings: E
         loss, logits, labels = s.prediction_step(model, batch, prediction_loss_only)
         following = next(batches, (None, None))
         s.on_prediction_step()
-        if real is None or index < real:
+        counted = real is None or index < real
+        losses = None
+        if counted and loss is not None:
             size = batch_size_of(batch)
-            samples += size
-            losses = None
-            if loss is not None:
-                losses = loss.reshape(1).float().expand(size)
-                good = torch.isfinite(loss) | (not s.nan_inf_filter)
-                sums += torch.stack([torch.where(good, loss.double() * size, 0.0),
-                                     good.double() * size, loss.new_tensor(size).double()])
-            inputs = batch.get(s.main_input_name) if "inputs" in s.include_for_metrics else None
-            if keep and logits is not None and s.preprocess_logits_for_metrics is not None:
-                logits = s.preprocess_logits_for_metrics(logits, labels)
-            if s.batch_eval_metrics:
-                metrics = _batch_metrics(s, logits, labels, inputs, losses, batch,
-                                         last=following[1] is None) or metrics
-            elif keep:
-                losses = losses if "loss" in s.include_for_metrics else None
-                for name, value in (("predictions", logits), ("labels", labels),
-                                    ("inputs", inputs), ("losses", losses)):
-                    outputs[name].add(index, value)
+            losses = loss.reshape(1).float().expand(size)
+            good = torch.isfinite(loss) | (not s.nan_inf_filter)
+            sums += torch.stack([torch.where(good, loss.double() * size, 0.0),
+                                 good.double() * size, loss.new_tensor(size).double()])
+        samples += batch_size_of(batch) if counted else 0
+        if keep and logits is not None and s.preprocess_logits_for_metrics is not None:
+            logits = s.preprocess_logits_for_metrics(logits, labels)
+        inputs = batch.get(s.main_input_name) if "inputs" in s.include_for_metrics else None
+        if s.batch_eval_metrics:  # every rank takes part (a padding batch brings nothing)
+            found = (logits, labels, batch, losses) if counted else (None, None, None, None)
+            metrics = _batch_metrics(s, *found, last=following[1] is None) or metrics
+        elif keep and counted:
+            for name, value in (("predictions", logits), ("labels", labels), ("inputs", inputs),
+                                ("losses", losses if "loss" in s.include_for_metrics else None)):
+                outputs[name].add(index, value)
         if s.eval_accumulation_steps and (index + 1) % s.eval_accumulation_steps == 0:
             for collected in outputs.values():
                 collected.to_host()
@@ -232,15 +231,20 @@ def run_evaluation(model: torch.nn.Module, loader, real: int | None, settings: E
                    time.perf_counter() - start)
 
 
-def _batch_metrics(s: EvalSettings, logits, labels, inputs, losses, batch, last: bool):
-    """compute_metrics on one batch (gathered over ranks), as Hugging Face calls it
-    with batch_eval_metrics: tensors, ``compute_result`` on the last batch."""
-    if s.compute_metrics is None or logits is None or labels is None:
+def _batch_metrics(s: EvalSettings, logits, labels, batch, losses, last: bool):
+    """compute_metrics on one batch (of every rank), as Hugging Face calls it with
+    batch_eval_metrics: tensors, ``compute_result`` on the last batch."""
+    if s.compute_metrics is None:
         return None
-    if s.dist.enabled:
-        gathered = s.dist.all_gather_objects(to_numpy((logits, labels)))
-        logits = torch.from_numpy(concat_padded([g[0] for g in gathered]))
-        labels = torch.from_numpy(concat_padded([g[1] for g in gathered]))
+    if s.dist.enabled:  # every rank calls this at every batch: the gather is matched
+        parts = [g for g in s.dist.all_gather_objects(to_numpy((logits, labels)))
+                 if g[0] is not None and g[1] is not None]
+        if not parts:
+            return None
+        logits = torch.from_numpy(concat_padded([g[0] for g in parts]))
+        labels = torch.from_numpy(concat_padded([g[1] for g in parts]))
+    if logits is None or labels is None:
+        return None
     prediction = eval_prediction(logits, labels,
                                  inputs=batch if "inputs" in s.include_for_metrics else None,
                                  losses=losses if "loss" in s.include_for_metrics else None)

@@ -99,7 +99,8 @@ class Trainer(ScriptMethods):
         self.model_wrapped: nn.Module = self.model
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.processing_class = processing_class
-        self.data_collator = data_collator or default_collator_for(processing_class)
+        self.data_collator = data_collator if data_collator is not None else \
+            default_collator_for(processing_class)
         self.compute_metrics, self.compute_loss_func = compute_metrics, compute_loss_func
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.optimizer, self.lr_scheduler = optimizers
@@ -311,6 +312,8 @@ class Trainer(ScriptMethods):
                                "and %d accumulation steps", batch, *smaller)
                 free_memory(self.model)
                 batch, accumulation = smaller
+            finally:
+                self._in_train = False  # evaluations after this leave the optimizer in eval
 
     def _train_with(self, batch: int, accumulation: int, checkpoint: str | None) -> TrainOutput:
         args = self.args
