@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytrainer.trainer.model_io import floating_point_ops
+from pytrainer.trainer.model_io import flops_per_token
 
 __all__ = ["InputCounters"]
 
@@ -26,13 +26,15 @@ class InputCounters:
         self.input_name = getattr(model, "main_input_name", "input_ids")
         self._tokens = torch.zeros((), dtype=torch.int64, device=device)
         self._flos = 0.0
+        self._flops_per_token = flops_per_token(model)  # counted once: the model is fixed
         self._warned = False
 
     def add(self, batch: Mapping[str, Any]) -> None:
-        self._flos += float(floating_point_ops(self.model, batch))
+        inputs = batch.get(self.input_name)
+        if isinstance(inputs, torch.Tensor):
+            self._flos += float(self._flops_per_token * inputs.numel())
         if self.mode == "no":
             return
-        inputs = batch.get(self.input_name)
         if not isinstance(inputs, torch.Tensor):
             if not self._warned:
                 logger.warning("include_num_input_tokens_seen: the batches have no %r tensor to "

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 __all__ = ["loss_of", "accepts_loss_kwargs", "loss_shifts_labels", "to_device", "find_labels",
-           "is_pretrained_model", "floating_point_ops", "unwrap"]
+           "is_pretrained_model", "flops_per_token", "unwrap"]
 
 
 def loss_of(outputs: Any) -> torch.Tensor:
@@ -95,12 +95,11 @@ def is_pretrained_model(model: nn.Module) -> bool:
     return isinstance(unwrap(model), PreTrainedModel)
 
 
-def floating_point_ops(model: nn.Module, batch: Mapping[str, Any]) -> int:
-    """Hugging Face's estimate of a forward and backward pass: 6 x input tokens x
-    parameters outside the embeddings, for models that count their parameters
+def flops_per_token(model: nn.Module) -> int:
+    """Hugging Face's estimate of a forward and backward pass per input token: 6 x
+    the parameters outside the embeddings, for models that count their parameters
     (transformers' do); 0 for others."""
     model = unwrap(model)
-    name = getattr(model, "main_input_name", "input_ids")
-    if name in batch and hasattr(model, "num_parameters"):
-        return 6 * batch[name].numel() * model.num_parameters(exclude_embeddings=True)
-    return 0
+    if not hasattr(model, "num_parameters"):
+        return 0
+    return 6 * model.num_parameters(exclude_embeddings=True)
