@@ -124,6 +124,7 @@ def test_compute_metrics_gets_transformers_eval_prediction(tmp_path):
     result = trainer.evaluate()
     prediction = seen[-1]
     assert isinstance(prediction, transformers.EvalPrediction)
+    assert isinstance(prediction, pytrainer.trainer.EvalPrediction)  # pytrainer's name holds too
     assert len(tuple(prediction)) == 4  # predictions, labels, inputs, losses
     assert prediction.predictions.shape == (11, 2) and prediction.label_ids.shape == (11,)
     assert prediction.inputs.shape[0] == 11 and prediction.losses.shape == (11,)

@@ -342,6 +342,21 @@ def test_evaluate_and_compute_metrics(tmp_path):
     assert {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch"} <= set(result)
 
 
+def test_eval_prediction_without_transformers(monkeypatch):
+    import importlib.util
+    from pytrainer.trainer.state import eval_prediction
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else find_spec(name, *a))
+    pair = eval_prediction("logits", "labels")
+    assert type(pair) is EvalPrediction and tuple(pair) == ("logits", "labels")
+    full = eval_prediction("logits", "labels", inputs="inputs", losses="losses")
+    assert tuple(full) == ("logits", "labels", "inputs", "losses") and full[3] == "losses"
+    assert (full.predictions, full.label_ids, full.inputs, full.losses) == tuple(full)
+    with pytest.raises(IndexError):
+        pair[2]
+
+
 def test_predict(tmp_path):
     data = RegressionDataset(13, seed=4)
     trainer = Trainer(RegressionModel(), make_args(tmp_path, per_device_eval_batch_size=5),

@@ -182,7 +182,17 @@ class TrainOutput(NamedTuple):
     metrics: dict[str, float]
 
 
-class EvalPrediction:
+class _AlsoTransformers(type):
+    """isinstance(x, EvalPrediction) holds for transformers' EvalPrediction too,
+    which is what compute_metrics receives when transformers is installed."""
+
+    def __instancecheck__(cls, instance) -> bool:
+        return super().__instancecheck__(instance) or any(
+            c.__name__ == "EvalPrediction" and c.__module__.startswith("transformers")
+            for c in type(instance).__mro__)
+
+
+class EvalPrediction(metaclass=_AlsoTransformers):
     """What ``compute_metrics`` receives (Hugging Face's EvalPrediction, for when
     transformers is not installed): numpy arrays of the evaluation set, with the
     inputs and per-batch losses when ``include_for_metrics`` asks for them.
