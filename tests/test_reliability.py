@@ -180,6 +180,16 @@ def test_a_checkpoint_of_another_model_lists_the_differences(good_checkpoint, tm
     assert "missing in the checkpoint: c (2,)" in text
 
 
+def test_a_checkpoint_of_other_parameter_groups_is_a_clear_error(good_checkpoint, tmp_path):
+    model = RegressionModel()
+    optimizer = torch.optim.AdamW([{"params": [model.a]}, {"params": [model.b]}])
+    trainer = Trainer(model, run_args(tmp_path), train_dataset=RegressionDataset(64),
+                      optimizers=(optimizer, None))
+    with pytest.raises(CheckpointError, match=r"optimizer\.pt does not fit this run's optimizer "
+                                              r"\(loaded state dict has a different number"):
+        trainer.train(resume_from_checkpoint=str(good_checkpoint))
+
+
 # ------------------------------------------------------------------ NaN and inf
 class Snapshots(TrainerCallback):
     def __init__(self):

@@ -93,7 +93,12 @@ def restore_run_checkpoint(path: str, *, model, optimizer, scheduler, scaler, pa
     state = TrainerState.load_from_json(str(folder / ckpt.TRAINER_STATE))
     totals = TrainingTotals.load_from_json(str(folder / ckpt.TRAINING_TOTALS)) \
         if (folder / ckpt.TRAINING_TOTALS).is_file() else None
-    parallel.load_states(model, optimizer, path, ckpt.load_tensors(folder / ckpt.OPTIMIZER))
+    try:
+        parallel.load_states(model, optimizer, path, ckpt.load_tensors(folder / ckpt.OPTIMIZER))
+    except ValueError as error:  # torch.optim: other parameter groups
+        raise CheckpointError(
+            f"{folder / ckpt.OPTIMIZER} does not fit this run's optimizer ({error}): resume with "
+            f"the optimizer family and parameter groups of the run that saved it") from None
     if scheduler is not None and (folder / ckpt.SCHEDULER).is_file():
         scheduler.load_state_dict(ckpt.load_tensors(folder / ckpt.SCHEDULER))
     if scaler is not None and (folder / ckpt.SCALER).is_file():
