@@ -20,33 +20,43 @@ logger = logging.getLogger("pytrainer")
 
 
 class InputCounters:
+    """The counting is chosen once (``tokens``: all, non_padding, no): each
+    micro-batch only adds."""
+
     def __init__(self, model: nn.Module, device: torch.device, dist, tokens: str,
                  pad_token_id: int | None):
-        self.model, self.dist, self.mode, self.pad_token_id = model, dist, tokens, pad_token_id
+        self.dist, self.mode, self.pad_token_id = dist, tokens, pad_token_id
         self.input_name = getattr(model, "main_input_name", "input_ids")
         self._tokens = torch.zeros((), dtype=torch.int64, device=device)
         self._flos = 0.0
         self._flops_per_token = flops_per_token(model)  # counted once: the model is fixed
+        self._count = {"no": None, "all": self._all, "non_padding": self._non_padding}[tokens]
         self._warned = False
 
     def add(self, batch: Mapping[str, Any]) -> None:
         inputs = batch.get(self.input_name)
-        if isinstance(inputs, torch.Tensor):
-            self._flos += float(self._flops_per_token * inputs.numel())
-        if self.mode == "no":
-            return
         if not isinstance(inputs, torch.Tensor):
-            if not self._warned:
-                logger.warning("include_num_input_tokens_seen: the batches have no %r tensor to "
-                               "count (the model's main_input_name)", self.input_name)
-                self._warned = True
-            return
-        if self.mode == "non_padding" and "attention_mask" in batch:
-            self._tokens += batch["attention_mask"].sum()
-        elif self.mode == "non_padding" and self.pad_token_id is not None:
-            self._tokens += (inputs != self.pad_token_id).sum()
-        else:
-            self._tokens += inputs.numel()
+            return self._no_inputs()
+        self._flos += float(self._flops_per_token * inputs.numel())
+        if self._count is not None:
+            self._tokens += self._count(batch, inputs)
+
+    @staticmethod
+    def _all(batch: Mapping[str, Any], inputs: torch.Tensor) -> int:
+        return inputs.numel()
+
+    def _non_padding(self, batch: Mapping[str, Any], inputs: torch.Tensor):
+        if "attention_mask" in batch:
+            return batch["attention_mask"].sum()
+        if self.pad_token_id is not None:
+            return (inputs != self.pad_token_id).sum()
+        return inputs.numel()
+
+    def _no_inputs(self) -> None:
+        if self._count is not None and not self._warned:
+            logger.warning("include_num_input_tokens_seen: the batches have no %r tensor to "
+                           "count (the model's main_input_name)", self.input_name)
+            self._warned = True
 
     @staticmethod
     def log_fields(state, start_time: float | None) -> dict[str, float]:
