@@ -169,6 +169,7 @@ USAGE = """usage: pytrainer <command> [flags]
 
 commands:
   train    train a byte-level GPT with pytrainer's Trainer (pytrainer train --help)
+  env      print the versions, the kernels' build and the GPUs, for a bug report
 """
 
 
@@ -180,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         return train_command(rest)
+    if command == "env":
+        from pytrainer.env_report import main as env_command
+        return env_command(rest)
     print(f"pytrainer: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 
