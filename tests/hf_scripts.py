@@ -125,14 +125,46 @@ GLUE_ARGS = dict(per_device_train_batch_size=4, per_device_eval_batch_size=3,
                  report_to="none", disable_tqdm=True, use_cpu=True)
 
 
-def run_glue(module, output_dir, **overrides):
+def qa_style_trainer(module):
+    """A Trainer subclass as run_qa's QuestionAnsweringTrainer writes one: its own
+    evaluate() over get_eval_dataloader and evaluation_loop with compute_metrics
+    held back and applied to the gathered predictions, then log() and the
+    callback handler's on_evaluate."""
+    from transformers import EvalPrediction
+
+    class QuestionAnsweringTrainer(module.Trainer):
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            dataloader = self.get_eval_dataloader(eval_dataset)
+            compute_metrics, self.compute_metrics = self.compute_metrics, None
+            try:
+                output = self.evaluation_loop(
+                    dataloader, description="Evaluation",
+                    prediction_loss_only=True if compute_metrics is None else None,
+                    ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            finally:
+                self.compute_metrics = compute_metrics
+            metrics = compute_metrics(EvalPrediction(predictions=output.predictions,
+                                                     label_ids=output.label_ids))
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+            metrics.update(output.metrics, eval_samples=output.num_samples)
+            if self.args.should_log:
+                self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state,
+                                                             self.control, metrics)
+            return metrics
+
+    return QuestionAnsweringTrainer
+
+
+def run_glue(module, output_dir, trainer_class=None, callbacks=(), **overrides):
     """run_glue, shortened: the default collator for a tokenizer
     (DataCollatorWithPadding), compute_metrics with accuracy."""
     train, evaluation = text_datasets()
     args = module.TrainingArguments(output_dir=str(output_dir), **{**GLUE_ARGS, **overrides})
-    trainer = module.Trainer(model=copy.deepcopy(initial_classifier()), args=args,
+    trainer = (trainer_class or module.Trainer)(model=copy.deepcopy(initial_classifier()), args=args,
                              train_dataset=train, eval_dataset=evaluation,
-                             processing_class=tokenizer(), compute_metrics=accuracy)
+                             processing_class=tokenizer(), compute_metrics=accuracy,
+                             callbacks=list(callbacks))
     metrics = trainer.train().metrics
     trainer.log_metrics("train", metrics)
     metrics = trainer.evaluate()

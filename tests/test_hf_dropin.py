@@ -232,3 +232,100 @@ def test_transformers_callbacks_see_the_same_events(tmp_path):
     assert runs["pt"][0] == runs["hf"][0] == 8  # stopped at the second evaluation
     assert runs["pt"][1] == runs["hf"][1]
     assert runs["pt"][2] == runs["hf"][2]
+
+
+# ------------------------------------------------------------------ what scripts call
+def test_the_constructor_takes_transformers_arguments_in_its_order():
+    import inspect
+    theirs = inspect.signature(transformers.Trainer.__init__).parameters
+    ours = inspect.signature(pytrainer.Trainer.__init__).parameters
+    assert [(n, p.default) for n, p in ours.items()] == [(n, p.default) for n, p in theirs.items()]
+
+
+def test_script_methods_answer_as_transformers(clm, capsys):
+    """The helpers scripts and subclasses call, on the two trained run_clm
+    trainers: the same answers."""
+    hf, pt = clm["hf"], clm["pt"]
+    batch = next(iter(pt.get_train_dataloader()))
+    bias, weight = "transformer.h.0.attn.c_attn.bias", "transformer.h.0.attn.c_attn.weight"
+
+    def answers(trainer):
+        params = dict(trainer.model.named_parameters())
+        return {"trainable": trainer.get_num_trainable_parameters(),
+                "lrs": trainer.get_learning_rates(),
+                # transformers' list also names a tied weight's alias (lm_head.weight),
+                # which named_parameters() never yields: the groups are the same
+                "decayed": [n for n in params
+                            if n in trainer.get_decay_parameter_names(trainer.model)],
+                "train examples": trainer.num_examples(trainer.get_train_dataloader()),
+                "eval examples": trainer.num_examples(trainer.get_eval_dataloader()),
+                "flops": trainer.floating_point_ops(batch),
+                "total batch": trainer.get_total_train_batch_size(trainer.args),
+                "groups": [len(g) for g in trainer.get_optimizer_group()],
+                "group of": [group_of(trainer, params[n]) for n in (bias, weight)]}
+
+    def group_of(trainer, param):
+        return next(i for i, group in enumerate(trainer.optimizer.param_groups)
+                    if any(p is param for p in group["params"]))
+
+    ours = answers(pt)
+    assert ours == answers(hf)
+    assert ours["flops"] > 0 and ours["total batch"] == 8
+    # transformers' get_optimizer_group(param) compares tensors with == and fails on
+    # any parameter shaped unlike the group's first; pytrainer's finds it (or its name)
+    for name, decay in ((bias, 0.0), (weight, 0.01)):
+        group = pt.get_optimizer_group(pt.model.get_parameter(name))
+        assert group is pt.optimizer.param_groups[ours["group of"][name == weight]]
+        assert group["weight_decay"] == decay and pt.get_optimizer_group(name) is group
+    metrics = {"train_runtime": 83.4567, "train_mem_cpu_alloc_delta": 3 << 20,
+               "total_flos": 5 << 30, "train_loss": 1.234567, "epoch": 2.0, "train_samples": 40}
+    from transformers.trainer_pt_utils import metrics_format
+    assert pt.metrics_format(metrics) == metrics_format(metrics)
+    capsys.readouterr()
+    hf.log_metrics("train", metrics)
+    theirs = capsys.readouterr().out
+    pt.log_metrics("train", metrics)
+    assert capsys.readouterr().out == theirs and "0:01:23.45" in theirs
+    with pytest.raises(ValueError, match="hyperparameter search is not available"):
+        pt.hyperparameter_search(n_trials=2)
+
+
+def test_a_subclass_with_its_own_evaluate_runs_as_under_transformers(tmp_path):
+    """run_qa's pattern: evaluate() overridden over evaluation_loop, the callback
+    handler's on_evaluate called by the subclass; the best model is chosen on it."""
+    runs = {}
+    for name, module in (("hf", transformers), ("pt", pytrainer)):
+        recorder = Recorder()
+        trainer = quiet(hf_scripts.run_glue, module, tmp_path / name,
+                        trainer_class=hf_scripts.qa_style_trainer(module), num_train_epochs=3,
+                        callbacks=[recorder], save_strategy="epoch",
+                        load_best_model_at_end=True, metric_for_best_model="accuracy")
+        runs[name] = trainer, recorder
+    (hf, hf_events), (pt, pt_events) = runs["hf"], runs["pt"]
+    assert [e for e in pt_events.events if e[0] == "on_evaluate"] == \
+        [e for e in hf_events.events if e[0] == "on_evaluate"]
+    assert_same_curves(hf, pt, rel=1e-5)
+    ours = [e for e in pt.state.log_history if "eval_accuracy" in e]
+    assert [e["eval_samples"] for e in ours] == [11] * 4
+    assert pt.state.best_model_checkpoint.endswith(hf.state.best_model_checkpoint[-12:])
+    assert pt.state.best_metric == hf.state.best_metric
+
+
+def test_default_data_collator_without_a_tokenizer_batches_as_transformers(tmp_path):
+    """No processing_class: transformers picks its default_data_collator; ours
+    batches the same rows into the same tensors, and transformers' own works too."""
+    train, _ = hf_scripts.text_datasets()
+    padded = train.map(lambda rows: hf_scripts.tokenizer()(
+        rows["text"], padding="max_length", max_length=16, truncation=True), batched=True)
+    batches = []
+    for name, collator in (("default", None), ("theirs", transformers.default_data_collator)):
+        args = pytrainer.TrainingArguments(output_dir=str(tmp_path / name),
+                                           **{**hf_scripts.GLUE_ARGS, "eval_strategy": "no"})
+        trainer = pytrainer.Trainer(hf_scripts.initial_classifier(), args, train_dataset=padded,
+                                    data_collator=collator)
+        batches.append(next(iter(trainer.get_train_dataloader())))
+    assert trainer.data_collator is transformers.default_data_collator
+    ours, theirs = batches
+    assert ours.keys() == theirs.keys() == {"input_ids", "attention_mask", "labels"}
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]) and ours[key].dtype == theirs[key].dtype, key

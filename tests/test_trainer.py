@@ -468,3 +468,56 @@ def test_report_to_tensorboard_writes_the_logged_scalars(tmp_path, monkeypatch, 
     (evaluation,) = [r for r in trainer.state.log_history if "eval_loss" in r]
     assert scalars["eval/loss"] == [(10, pytest.approx(evaluation["eval_loss"]))]
     assert "train/learning_rate" in scalars
+
+
+# ------------------------------------------------------------------ subclass hooks
+def test_loss_is_scaled_for_ga_says_who_divides_by_the_window(tmp_path):
+    """A subclass whose compute_loss divides by the accumulation steps itself sets
+    loss_is_scaled_for_ga=True and trains as the plain Trainer; the flag without
+    the division changes the update (the Trainer no longer divides)."""
+    class SelfScaled(Trainer):
+        loss_is_scaled_for_ga = True
+        divide = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            return loss / self.args.gradient_accumulation_steps if self.divide else loss
+
+    class Undivided(SelfScaled):
+        divide = False
+
+    runs = {}
+    for name, cls in (("plain", Trainer), ("self", SelfScaled), ("undivided", Undivided)):
+        model = RegressionModel()
+        a = make_args(tmp_path / name, lr_scheduler_type="constant", max_grad_norm=0.0,
+                      per_device_train_batch_size=2, gradient_accumulation_steps=4, max_steps=3)
+        cls(model, a, train_dataset=RegressionDataset(32),
+            optimizers=(torch.optim.SGD(model.parameters(), lr=0.05), None)).train()
+        runs[name] = params_of(model)
+    assert_params_close(runs["plain"], runs["self"])
+    with pytest.raises(AssertionError):
+        assert_params_close(runs["plain"], runs["undivided"], rel=1e-3)
+
+
+def test_floating_point_ops_and_compute_loss_context_of_a_subclass_are_used(tmp_path):
+    entered = []
+
+    class Counting(Trainer):
+        def floating_point_ops(self, inputs):
+            return 1000 * len(inputs["input_x"])
+
+        def compute_loss_context_manager(self):
+            entered.append(self.model.training)
+            return super().compute_loss_context_manager()
+
+    a = make_args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                  max_steps=3, eval_strategy="steps", eval_steps=3, per_device_eval_batch_size=4)
+    trainer = Counting(RegressionModel(), a, train_dataset=RegressionDataset(32),
+                       eval_dataset=RegressionDataset(8, seed=1))
+    trainer.train()
+    assert trainer.state.total_flos == 1000 * 2 * 2 * 3
+    assert entered == [True] * 6 + [False] * 2  # 6 training micro-batches, 2 eval batches
+    plain = Trainer(RegressionModel(), make_args(tmp_path / "plain", max_steps=1),
+                    train_dataset=RegressionDataset(32))
+    plain.train()
+    assert plain.state.total_flos == 0  # the estimate needs a model counting its parameters

@@ -147,6 +147,22 @@ class CallbackHandler:
         return control
 
 
+def _event_method(event: str, payload: str | None):
+    """Hugging Face's handler method of one event: ``handler.on_evaluate(args,
+    state, control, metrics)`` as Trainer subclasses (run_qa's) call it."""
+    def method(self, args, state, control, *value, **kwargs) -> TrainerControl:
+        if payload is not None and value:
+            kwargs[payload] = value[0]
+        return self.call(event, args, state, control, **kwargs)
+    method.__name__ = method.__qualname__ = event
+    return method
+
+
+_PAYLOADS = {"on_log": "logs", "on_evaluate": "metrics", "on_predict": "metrics"}
+for _event in (name for name in vars(TrainerCallback) if name.startswith("on_")):
+    setattr(CallbackHandler, _event, _event_method(_event, _PAYLOADS.get(_event)))
+
+
 class DefaultFlowCallback(TrainerCallback):
     """Hugging Face's decisions: log, evaluate and save by their strategies and
     intervals (evaluations not before ``eval_delay``); at max_steps, stop,

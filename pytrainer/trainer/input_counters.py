@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -24,22 +24,29 @@ class InputCounters:
     micro-batch only adds."""
 
     def __init__(self, model: nn.Module, device: torch.device, dist, tokens: str,
-                 pad_token_id: int | None):
+                 pad_token_id: int | None, flops_of: Callable[[Mapping], float] | None = None):
+        """``flops_of``: a Trainer subclass's floating_point_ops, called per
+        micro-batch; None: Hugging Face's estimate, from a count made once."""
         self.dist, self.mode, self.pad_token_id = dist, tokens, pad_token_id
         self.input_name = getattr(model, "main_input_name", "input_ids")
         self._tokens = torch.zeros((), dtype=torch.int64, device=device)
         self._flos = 0.0
         self._flops_per_token = flops_per_token(model)  # counted once: the model is fixed
+        self._flops_of = flops_of if flops_of is not None else self._estimated_flops
         self._count = {"no": None, "all": self._all, "non_padding": self._non_padding}[tokens]
         self._warned = False
 
     def add(self, batch: Mapping[str, Any]) -> None:
+        self._flos += float(self._flops_of(batch))
         inputs = batch.get(self.input_name)
         if not isinstance(inputs, torch.Tensor):
             return self._no_inputs()
-        self._flos += float(self._flops_per_token * inputs.numel())
         if self._count is not None:
             self._tokens += self._count(batch, inputs)
+
+    def _estimated_flops(self, batch: Mapping[str, Any]) -> int:
+        inputs = batch.get(self.input_name)
+        return self._flops_per_token * inputs.numel() if isinstance(inputs, torch.Tensor) else 0
 
     @staticmethod
     def _all(batch: Mapping[str, Any], inputs: torch.Tensor) -> int:

@@ -45,14 +45,14 @@ from pytrainer.trainer.loss_tracking import LossTracker
 from pytrainer.trainer.memory_metrics import MemoryMetrics, check_memory_metrics
 from pytrainer.trainer.model_io import (accepts_loss_kwargs, find_labels, loss_of,
                                         loss_shifts_labels, to_device)
-from pytrainer.trainer.model_setup import (NEFTune, apply_tf32, autocast_for,
+from pytrainer.trainer.model_setup import (NEFTune, apply_tf32,
                                            check_activation_checkpointing,
                                            compile_model, enable_activation_checkpointing,
                                            enable_full_determinism, set_use_cache)
 from pytrainer.trainer.parallel import Replicated, choose_parallel, ddp_options
 from pytrainer.trainer.saving import processing_to_save, save_model_folder, writes_files
 from pytrainer.trainer.schedules import create_scheduler
-from pytrainer.trainer.script_methods import ScriptMethods
+from pytrainer.trainer.script_methods import NO_HYPERPARAMETER_SEARCH, ScriptMethods
 from pytrainer.trainer.setup_checks import check_sharded_optimizer, check_trainer_inputs
 from pytrainer.trainer.state import (PredictionOutput, TrainerControl,
                                      TrainerState, TrainingTotals, TrainOutput)
@@ -78,6 +78,10 @@ class Trainer(ScriptMethods):
     its loss (``.loss``, a dict's ``"loss"``, or a tuple's first item), or any
     module with a ``compute_loss_func(outputs, labels, num_items_in_batch)``.
     """
+
+    #: as Hugging Face's: whether compute_loss's loss already covers the accumulation
+    #: window (None: when normalised by num_items_in_batch); set by custom losses
+    loss_is_scaled_for_ga: bool | None = None
 
     def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None,
                  data_collator: Callable | None = None, train_dataset: Any = None,
@@ -185,15 +189,6 @@ class Trainer(ScriptMethods):
         self.dist.shutdown()
 
     # ------------------------------------------------------------ callbacks
-    def add_callback(self, callback: TrainerCallback | type) -> None:
-        self.callback_handler.add_callback(callback)
-
-    def pop_callback(self, callback: TrainerCallback | type) -> TrainerCallback | None:
-        return self.callback_handler.pop_callback(callback)
-
-    def remove_callback(self, callback: TrainerCallback | type) -> None:
-        self.callback_handler.remove_callback(callback)
-
     def _event(self, name: str, **kwargs) -> None:
         handler = self.callback_handler
         handler.model, handler.optimizer, handler.lr_scheduler = (self.model, self.optimizer,
@@ -267,9 +262,6 @@ class Trainer(ScriptMethods):
             self.lr_scheduler = None
         return self.model_wrapped
 
-    def _autocast(self):
-        return autocast_for(self.args, self.device)
-
     def _optimizer_mode(self, mode: str) -> None:
         """Schedule-free optimizers: train() puts the training weights in the model,
         eval() the averaged ones (to evaluate and save); others have neither."""
@@ -285,8 +277,7 @@ class Trainer(ScriptMethods):
         auto_find_batch_size, running out of memory in the first update retries
         with a smaller batch and more accumulation steps."""
         if trial is not None:
-            raise ValueError("hyperparameter search is not available in pytrainer: train one "
-                             "Trainer per configuration")
+            raise ValueError(NO_HYPERPARAMETER_SEARCH)
         if self.train_dataset is None:
             raise ValueError("Trainer.train needs a train_dataset")
         self._memory.start("train")
@@ -339,7 +330,8 @@ class Trainer(ScriptMethods):
                                     self._log)
         self._counters = InputCounters(self.model, self.device, self.dist,
                                        args.include_num_input_tokens_seen,
-                                       getattr(self.processing_class, "pad_token_id", None))
+                                       getattr(self.processing_class, "pad_token_id", None),
+                                       self._flops_override())
         self.callback_handler.train_dataloader = data.loader
         self._in_train, self._last_logged = True, self.state.global_step
         self._event("on_train_begin")
@@ -451,13 +443,15 @@ class Trainer(ScriptMethods):
         loss (detached). A loss normalised by ``num_items_in_batch`` already is over
         the whole window (with the count over all ranks, DDP's average of the grads is
         undone by the world size); any other is divided by the window's micro-batches."""
-        with self._autocast():
+        with self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         steps = self.args.torch_empty_cache_steps
         if steps and self.state.global_step % steps == 0:
             empty_device_cache(self.device)
-        scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or \
-            self.compute_loss_func is not None
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:  # normalised by num_items_in_batch: by the model or compute_loss_func
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or \
+                self.compute_loss_func is not None
         if not scaled:
             loss = loss / self.current_gradient_accumulation_steps
         elif num_items_in_batch is not None and self.args.average_tokens_across_devices:
@@ -682,7 +676,7 @@ class Trainer(ScriptMethods):
         labels = labels_of(inputs, self.label_names)
         has_labels = labels is not None
         ignore_keys = inference_ignore_keys(self.model) if ignore_keys is None else ignore_keys
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.compute_loss_context_manager():
             if has_labels:
                 num_items = self._count_targets([inputs], across_ranks=False)
                 loss, outputs = self.compute_loss(model, inputs, return_outputs=True,
