@@ -701,6 +701,13 @@ def test_setup_errors_are_raised_when_the_trainer_is_built(tmp_path, kwargs, err
         Trainer(RegressionModel(), quiet_args(tmp_path, **args_kwargs), **kwargs)
 
 
+def test_model_init_with_an_optimizer_is_an_error(tmp_path):
+    optimizer = torch.optim.SGD(RegressionModel().parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="pass optimizer_cls_and_kwargs instead"):
+        Trainer(args=quiet_args(tmp_path), model_init=RegressionModel,
+                optimizers=(optimizer, None))
+
+
 def test_model_init_and_optimizer_cls_and_kwargs(tmp_path):
     built = []
 
