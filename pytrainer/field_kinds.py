@@ -3,8 +3,9 @@
 Every field is of exactly one kind:
 
 - :class:`Implemented`: pytrainer honours it. ``by`` says what reads it;
-  ``pending`` marks the fields whose run-time effect the Trainer does not have yet
-  (issue 14's Trainer work), so that the list of what is left is this table.
+  ``pending`` marks a field whose run-time effect the Trainer does not have yet
+  (none now: tests/test_trainer_fields.py maps each field to the test of its
+  effect and checks that no field is pending).
 - :class:`NotAvailable`: pytrainer accepts it at its default only (so transformers'
   ``training_args.json`` files and scripts that spell the default still load); any
   other value is a ValueError that names the field and says what to use instead.
@@ -52,8 +53,6 @@ def _mapping_of_defaults(defaults: Mapping[str, Any]) -> Callable[[Any], bool]:
 _HUB = "pytrainer does not upload to the Hugging Face Hub; upload output_dir after training " \
        "with huggingface_hub's upload_folder"
 _TRACKIO = "pytrainer has no Trackio integration; report_to='tensorboard' logs the same scalars"
-_PENDING = Implemented("Trainer", pending=True)
-_DATA = Implemented("Trainer (data loading)", pending=True)
 
 #: transformers' serialised AcceleratorConfig() (4.57 and 5.x)
 _ACCELERATOR_DEFAULTS = {"split_batches": False, "dispatch_batches": None, "even_batches": True,
@@ -80,9 +79,9 @@ FIELD_KINDS: dict[str, Implemented | NotAvailable] = {
     "adam_epsilon": Implemented("optimizer"),
     "optim_target_modules": Implemented("optimizer registry (GaLore, APOLLO)"),
     "gradient_accumulation_steps": Implemented("Trainer"),
-    "average_tokens_across_devices": _PENDING,
+    "average_tokens_across_devices": Implemented("Trainer (loss normalisation across ranks)"),
     "max_grad_norm": Implemented("Trainer"),
-    "label_smoothing_factor": _PENDING,
+    "label_smoothing_factor": Implemented("Trainer (label_smoothing.py)"),
     "bf16": Implemented("Trainer"),
     "fp16": Implemented("Trainer"),
     "bf16_full_eval": NotAvailable(
@@ -91,60 +90,60 @@ FIELD_KINDS: dict[str, Implemented | NotAvailable] = {
     "fp16_full_eval": NotAvailable(
         "evaluation runs in the training precision: fp16=True evaluates under float16 "
         "autocast, or cast the model with model.to(torch.float16) before evaluate()"),
-    "tf32": _PENDING,
-    "activation_checkpointing": _PENDING,
-    "activation_checkpointing_kwargs": _PENDING,
+    "tf32": Implemented("Trainer (model_setup.py: torch.backends.fp32_precision)"),
+    "activation_checkpointing": Implemented("Trainer (model.activation_checkpointing_enable)"),
+    "activation_checkpointing_kwargs": Implemented("Trainer (to activation_checkpointing_enable)"),
     "gradient_checkpointing": Implemented("arguments (transformers 5's deprecated name of "
                                           "activation_checkpointing, mirrored)"),
     "gradient_checkpointing_kwargs": Implemented("arguments (mirrors "
                                                  "activation_checkpointing_kwargs)"),
-    "torch_compile": _PENDING,
-    "torch_compile_backend": _PENDING,
-    "torch_compile_mode": _PENDING,
+    "torch_compile": Implemented("Trainer (torch.compile of the training module)"),
+    "torch_compile_backend": Implemented("Trainer (torch.compile's backend)"),
+    "torch_compile_mode": Implemented("Trainer (torch.compile's mode)"),
     "use_liger_kernel": NotAvailable(
         "apply Liger's kernels to the model yourself (liger_kernel.transformers."
         "apply_liger_kernel_to_<model type>) before building the Trainer"),
     "liger_kernel_config": NotAvailable(
         "apply Liger's kernels to the model yourself (liger_kernel.transformers."
         "apply_liger_kernel_to_<model type>) before building the Trainer"),
-    "use_cache": _PENDING,
-    "neftune_noise_alpha": _PENDING,
-    "torch_empty_cache_steps": _PENDING,
-    "auto_find_batch_size": _PENDING,
+    "use_cache": Implemented("Trainer (model.config.use_cache)"),
+    "neftune_noise_alpha": Implemented("Trainer (model_setup.NEFTune)"),
+    "torch_empty_cache_steps": Implemented("Trainer (training step)"),
+    "auto_find_batch_size": Implemented("Trainer (batch_size_search.py)"),
     "logging_strategy": Implemented("Trainer"),
     "logging_steps": Implemented("Trainer"),
     "logging_first_step": Implemented("Trainer"),
-    "log_on_each_node": _PENDING,
-    "logging_nan_inf_filter": _PENDING,
-    "include_num_input_tokens_seen": _PENDING,
-    "log_level": _PENDING,
-    "log_level_replica": _PENDING,
+    "log_on_each_node": Implemented("Trainer (log_levels.py)"),
+    "logging_nan_inf_filter": Implemented("Trainer (loss_tracking.py, evaluation loss)"),
+    "include_num_input_tokens_seen": Implemented("Trainer (input_counters.py)"),
+    "log_level": Implemented("Trainer (log_levels.py)"),
+    "log_level_replica": Implemented("Trainer (log_levels.py)"),
     "disable_tqdm": Implemented("Trainer (progress bar)"),
     "report_to": Implemented("Trainer (integrations)"),
-    "run_name": _PENDING,
+    "run_name": Implemented("Trainer (the TensorBoard run's folder)"),
     "project": NotAvailable(_TRACKIO),
     "trackio_space_id": NotAvailable(_TRACKIO, also_default=("trackio",)),  # 4.57's default
     "trackio_bucket_id": NotAvailable(_TRACKIO),
     "trackio_static_space_id": NotAvailable(_TRACKIO, also_default=(False,)),
     "eval_strategy": Implemented("Trainer"),
     "eval_steps": Implemented("Trainer"),
-    "eval_delay": _PENDING,
+    "eval_delay": Implemented("Trainer (DefaultFlowCallback)"),
     "per_device_eval_batch_size": Implemented("Trainer"),
-    "prediction_loss_only": _PENDING,
-    "eval_on_start": _PENDING,
+    "prediction_loss_only": Implemented("Trainer (evaluation loop)"),
+    "eval_on_start": Implemented("Trainer"),
     "eval_do_concat_batches": NotAvailable(
         "pytrainer concatenates evaluation outputs; batch_eval_metrics=True hands "
         "compute_metrics one batch at a time"),
     "eval_use_gather_object": NotAvailable(
         "pytrainer gathers tensors only; gather other objects in compute_metrics with "
         "torch.distributed.all_gather_object"),
-    "eval_accumulation_steps": _PENDING,
-    "include_for_metrics": _PENDING,
-    "batch_eval_metrics": _PENDING,
-    "save_only_model": _PENDING,
+    "eval_accumulation_steps": Implemented("Trainer (evaluation loop)"),
+    "include_for_metrics": Implemented("Trainer (evaluation loop)"),
+    "batch_eval_metrics": Implemented("Trainer (evaluation loop)"),
+    "save_only_model": Implemented("Trainer (checkpoints)"),
     "save_strategy": Implemented("Trainer"),
     "save_steps": Implemented("Trainer"),
-    "save_on_each_node": _PENDING,
+    "save_on_each_node": Implemented("Trainer (checkpoints and saved models)"),
     "save_total_limit": Implemented("Trainer (checkpoint rotation)"),
     "save_safetensors": Implemented("Trainer (checkpoint writer)"),
     "enable_jit_checkpoint": NotAvailable(
@@ -163,8 +162,8 @@ FIELD_KINDS: dict[str, Implemented | NotAvailable] = {
     "ignore_data_skip": NotAvailable(
         "pytrainer resumes at the exact batch the checkpoint stopped at; to restart the data "
         "order, start a new run from the checkpoint's weights"),
-    "restore_callback_states_from_checkpoint": _PENDING,
-    "full_determinism": _PENDING,
+    "restore_callback_states_from_checkpoint": Implemented("Trainer (callbacks' saved states)"),
+    "full_determinism": Implemented("Trainer (model_setup.enable_full_determinism)"),
     "seed": Implemented("Trainer"),
     "data_seed": Implemented("Trainer (sampler)"),
     "use_cpu": Implemented("Trainer (device)"),
@@ -175,21 +174,21 @@ FIELD_KINDS: dict[str, Implemented | NotAvailable] = {
         "use fsdp=True (FSDP2) or DDP under torchrun for data parallelism"),
     "dataloader_drop_last": Implemented("Trainer (data loading)"),
     "dataloader_num_workers": Implemented("Trainer (data loading)"),
-    "dataloader_pin_memory": _DATA,
-    "dataloader_persistent_workers": _DATA,
-    "dataloader_prefetch_factor": _DATA,
-    "dataloader_multiprocessing_context": _DATA,
+    "dataloader_pin_memory": Implemented("Trainer (data loading)"),
+    "dataloader_persistent_workers": Implemented("Trainer (data loading)"),
+    "dataloader_prefetch_factor": Implemented("Trainer (data loading)"),
+    "dataloader_multiprocessing_context": Implemented("Trainer (data loading)"),
     "dataloader_in_order": NotAvailable(
         "pytrainer's exact resume needs the batches in sampler order"),
-    "remove_unused_columns": _DATA,
+    "remove_unused_columns": Implemented("Trainer (data loading: collation.py)"),
     "label_names": Implemented("Trainer"),
-    "train_sampling_strategy": _DATA,
-    "length_column_name": _DATA,
+    "train_sampling_strategy": Implemented("Trainer (sampling.py)"),
+    "length_column_name": Implemented("Trainer (sampling.py, group_by_length)"),
     "ddp_find_unused_parameters": Implemented("Trainer (DDP)"),
-    "ddp_bucket_cap_mb": _PENDING,
-    "ddp_broadcast_buffers": _PENDING,
-    "ddp_static_graph": _PENDING,
-    "ddp_backend": _PENDING,
+    "ddp_bucket_cap_mb": Implemented("Trainer (DDP)"),
+    "ddp_broadcast_buffers": Implemented("Trainer (DDP)"),
+    "ddp_static_graph": Implemented("Trainer (DDP)"),
+    "ddp_backend": Implemented("Trainer (distributed setup)"),
     "ddp_timeout": Implemented("Trainer (distributed setup)"),
     "fsdp": Implemented("arguments (turns fsdp2 on)"),
     "fsdp2": Implemented("Trainer (FSDP2)"),
@@ -203,7 +202,7 @@ FIELD_KINDS: dict[str, Implemented | NotAvailable] = {
     "debug": NotAvailable(
         "nonfinite_steps_limit stops a run after repeated NaN/inf updates",
         also_default=("", [], None)),
-    "skip_memory_metrics": _PENDING,
+    "skip_memory_metrics": Implemented("Trainer (memory_metrics.py)"),
     "nonfinite_steps_limit": Implemented("Trainer"),
     "do_train": Implemented("scripts"),
     "do_eval": Implemented("scripts (set when eval_strategy is not 'no')"),

@@ -29,6 +29,7 @@ from pytrainer._arg_checks import (MAX_SEED, check_bool, check_str, choice, copy
                                    json_object, plain, same, show, string_list, to_float, to_int,
                                    to_steps)
 from pytrainer._suggest import did_you_mean
+from pytrainer.args_runtime import ProcessProperties
 from pytrainer.field_kinds import reject_unavailable
 
 __all__ = ["TrainingArguments", "StepIntervals", "resolve_interval", "INTERVAL_STRATEGIES",
@@ -138,7 +139,7 @@ class _TakesTransformers4Names(type):
 
 
 @dataclass
-class TrainingArguments(metaclass=_TakesTransformers4Names):
+class TrainingArguments(ProcessProperties, metaclass=_TakesTransformers4Names):
     """The arguments of a training run, as ``transformers.TrainingArguments`` names them.
 
     Step-valued fields (``logging_steps``, ``eval_steps``, ``save_steps``,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from pytrainer import ops
 
@@ -141,8 +142,12 @@ def _main(*argv):
     (["--resume_from_checkpoint", "{tmp}/absent"], "no such checkpoint folder"),
     (["--push_to_hub"], "push_to_hub=True is not available in pytrainer"),
     (["--warmup_steps", "5", "--warmup_ratio", "0.1"], "name the same argument"),
+    (["--activation_checkpointing"], "ByteGPT has none"),
+    pytest.param(["--tf32", "true"], "tf32=True needs an NVIDIA GPU of the Ampere generation",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                          reason="a GPU may take tf32=True")),
 ], ids=["output_dir", "apex", "bitsandbytes", "lomo", "optim_args", "report_to", "resume",
-        "push_to_hub", "deprecated-conflict"])
+        "push_to_hub", "deprecated-conflict", "activation-checkpointing", "tf32"])
 @pytest.mark.filterwarnings("ignore:warmup_ratio is a transformers 4.x:FutureWarning")
 def test_setup_errors_exit_2_with_one_line_before_training(capsys, monkeypatch, tmp_path, extra,
                                                            fragment):

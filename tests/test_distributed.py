@@ -3,6 +3,7 @@ with batch b train like one process with batch N*b."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -143,11 +144,12 @@ def test_fsdp2_trains_a_transformers_gpt2_with_tied_embeddings_like_one_process(
     stay in the root's group. A NaN loss on one rank only skips the update on every
     rank (as one process skips it), and an evaluation set that gives the ranks
     different numbers of batches (9 samples, batches of 4) neither hangs nor
-    counts the padding."""
+    counts the padding, also when compute_metrics sees each batch (batch_eval_metrics:
+    the padding rank takes part in each gather and brings nothing)."""
     pytest.importorskip("transformers")
     config = dict(model="gpt2", accumulation=2, args=dict(
         optim="adamw_custom_fused", learning_rate=0.01, gradient_accumulation_steps=2,
-        max_steps=5, logging_steps=1))
+        max_steps=5, logging_steps=1, batch_eval_metrics=True))
     one = launch(tmp_path, "one", dict(config, nan_at=dict(step=3), args=dict(
         config["args"], per_device_train_batch_size=8)), 1)
     two = launch(tmp_path, "two", dict(config, nan_at=dict(step=3, rank=1), args=dict(
@@ -161,6 +163,7 @@ def test_fsdp2_trains_a_transformers_gpt2_with_tied_embeddings_like_one_process(
     losses = lambda run: [e["loss"] for e in run["history"] if "loss" in e]
     assert len(losses(two)) == 4 and losses(two) == pytest.approx(losses(one), rel=1e-5)
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-5)
+    assert two["eval_samples_seen"] == one["eval_samples_seen"] == 9
 
 
 def test_fsdp2_units_are_the_blocks_and_leave_tied_weights_to_the_root():
@@ -172,6 +175,22 @@ def test_fsdp2_units_are_the_blocks_and_leave_tied_weights_to_the_root():
     model.extra = torch.nn.ParameterList([torch.nn.Parameter(torch.ones(2))])
     units = fsdp2_units(model)
     assert [id(u) for u in units] == [id(m) for m in (model.wpe, *model.blocks, model.ln_f)]
+
+
+@pytest.mark.skipif(not fsdp2_available(), reason="torch.distributed.fsdp.fully_shard missing")
+def test_fsdp2_builds_the_optimizer_of_optimizer_cls_and_kwargs_over_the_shards(tmp_path):
+    """The way to give FSDP2 an optimizer of one's own: its class and arguments,
+    built once the model is sharded; trains like one process with that optimizer."""
+    config = dict(model="token", sgd_class=True, accumulation=2, args=dict(
+        max_grad_norm=0.0, lr_scheduler_type="constant", gradient_accumulation_steps=2))
+    one = launch(tmp_path, "one", dict(config, args=dict(config["args"],
+                                                           per_device_train_batch_size=8)), 1)
+    two = launch(tmp_path, "two", dict(config, args=dict(config["args"], fsdp2=True,
+                                                           per_device_train_batch_size=4)))
+    assert_params_close(one, two)
+    from tests.trainer_fixtures import TokenModel
+    start = {k: v.flatten().tolist() for k, v in TokenModel().state_dict().items()}
+    assert any(a != b for name in start for a, b in zip(two["params"][name], start[name]))
 
 
 @pytest.mark.skipif(not fsdp2_available(), reason="torch.distributed.fsdp.fully_shard missing")
@@ -195,6 +214,58 @@ def test_a_rank_that_raises_exits_within_seconds(tmp_path):
     assert done.returncode != 0
     assert "rank 1 fails after step 2" in done.stderr
     assert ended - float(marker.read_text()) < 60
+
+
+def launch_nodes(tmp_path, name, config, timeout=600):
+    """Two processes as two nodes of one process each (LOCAL_RANK 0 both), each
+    with an output folder of its own (as nodes without a shared filesystem);
+    returns what each rank reported."""
+    config = dict(config, output_dir=str(tmp_path / name), node_dirs=True,
+                  report_every_rank=True)
+    config_path, out_path = tmp_path / f"{name}.json", tmp_path / f"{name}.out.json"
+    config_path.write_text(json.dumps(config))
+    env = dict(clean_env(), WORLD_SIZE="2", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(_free_port()))
+    worker = [sys.executable, str(ROOT / "tests" / "dist_worker.py"), str(config_path),
+              str(out_path)]
+    processes = [subprocess.Popen(worker, env=dict(env, RANK=str(rank), LOCAL_RANK="0"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for rank in range(2)]
+    for process in processes:
+        _, err = process.communicate(timeout=timeout)
+        assert process.returncode == 0, err[-6000:]
+    return [json.loads(Path(f"{out_path}.{rank}").read_text()) for rank in range(2)]
+
+
+def test_ddp_node_and_token_fields_reach_each_process(tmp_path):
+    """ddp_* reach DistributedDataParallel, ddp_backend the process group;
+    save_on_each_node writes checkpoints on every node; log_on_each_node sets the
+    first process of every node at log_level; average_tokens_across_devices=False
+    normalises each rank's loss by its own target count."""
+    ranks = launch_nodes(tmp_path, "nodes", dict(model="counting-token", args=dict(
+        max_steps=4, per_device_train_batch_size=4, save_strategy="steps", save_steps=4,
+        ddp_bucket_cap_mb=1, ddp_broadcast_buffers=False, ddp_static_graph=True,
+        ddp_find_unused_parameters=True, ddp_backend="gloo", save_on_each_node=True,
+        log_on_each_node=True, log_level="info", log_level_replica="error",
+        average_tokens_across_devices=False)))
+    for rank in ranks:
+        assert rank["ddp"] == {"bucket_bytes_cap": 1024 * 1024, "broadcast_buffers": False,
+                               "static_graph": True, "find_unused_parameters": True,
+                               "backend": "gloo"}
+        assert rank["checkpoints"] == ["checkpoint-4"]
+        assert rank["log_level"] == logging.INFO
+    assert len(ranks[0]["counts"]) == len(ranks[1]["counts"]) == 4
+    assert ranks[0]["counts"] != ranks[1]["counts"]  # each rank's own count
+
+
+def test_log_level_replica_without_log_on_each_node():
+    from pytrainer import TrainingArguments
+    from pytrainer.trainer.log_levels import process_log_level
+    a = TrainingArguments(log_level="info", log_level_replica="error", log_on_each_node=False)
+    assert [process_log_level(a, rank, 0) for rank in (0, 1)] == [logging.INFO, logging.ERROR]
+    b = TrainingArguments(log_level="info", log_level_replica="error")  # log_on_each_node
+    assert [process_log_level(b, rank, 0) for rank in (0, 1)] == [logging.INFO, logging.INFO]
+    assert process_log_level(b, 1, 1) == logging.ERROR
 
 
 def _free_port():

@@ -210,7 +210,6 @@ def test_library_optimizers_are_built_as_transformers_builds_them(libraries, hf,
                                                                   optim_args):
     kwargs = dict(optim=name, optim_args=optim_args, warmup_steps=10, **HYPER)
     their_cls, their_kwargs = their_cls_and_kwargs(hf, **kwargs)
-    # resolved directly: TrainingArguments refuses schedule-free for pytrainer's Trainer
     config = OptimizerConfig(lr=3e-4, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.1,
                              warmup_steps=10, optim_args=registry.parse_optim_args(optim_args))
     my_cls, my_kwargs = get_optimizer_spec(name).resolve(config)
@@ -276,11 +275,19 @@ def test_bitsandbytes_8bit_keeps_embeddings_in_32_bits(libraries, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["lomo", "adalomo", "galore_adamw_layerwise",
-                                  "apollo_adamw_layerwise", "schedule_free_adamw"])
+                                  "apollo_adamw_layerwise"])
 def test_optimizers_the_trainer_cannot_drive_are_refused_even_when_installed(libraries, name):
     assert optimizer_status(name).startswith("not available in pytrainer: ")
     with pytest.raises(ValueError, match=f"optim={name!r} not available in pytrainer"):
         TrainingArguments(optim=name)
+
+
+@pytest.mark.parametrize("name", ["schedule_free_adamw", "schedule_free_sgd",
+                                  "schedule_free_radam"])
+def test_schedule_free_optimizers_are_accepted_when_installed(libraries, name):
+    # the Trainer switches them between train() and eval() (tests/test_trainer_fields.py)
+    assert optimizer_status(name) is None
+    assert TrainingArguments(optim=name, warmup_steps=5).optim == name
 
 
 def test_schedule_free_warmup_must_be_a_count(libraries):

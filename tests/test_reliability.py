@@ -19,7 +19,7 @@ from pytrainer import Trainer
 from pytrainer.trainer import CheckpointError, NonFiniteLossError, TrainerCallback
 from pytrainer.trainer.checkpoint import latest_checkpoint, load_model_weights, sorted_checkpoints
 from pytrainer.trainer.nonfinite import NonFiniteWatch, Reading
-from tests.trainer_fixtures import RegressionDataset, RegressionModel, args as make_args
+from tests.trainer_fixtures import NanAt, RegressionDataset, RegressionModel, args as make_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,23 +180,17 @@ def test_a_checkpoint_of_another_model_lists_the_differences(good_checkpoint, tm
     assert "missing in the checkpoint: c (2,)" in text
 
 
+def test_a_checkpoint_of_other_parameter_groups_is_a_clear_error(good_checkpoint, tmp_path):
+    model = RegressionModel()
+    optimizer = torch.optim.AdamW([{"params": [model.a]}, {"params": [model.b]}])
+    trainer = Trainer(model, run_args(tmp_path), train_dataset=RegressionDataset(64),
+                      optimizers=(optimizer, None))
+    with pytest.raises(CheckpointError, match=r"optimizer\.pt does not fit this run's optimizer "
+                                              r"\(loaded state dict has a different number"):
+        trainer.train(resume_from_checkpoint=str(good_checkpoint))
+
+
 # ------------------------------------------------------------------ NaN and inf
-class NanAt(RegressionModel):
-    """The loss is NaN at the given forward calls (one micro-batch per step)."""
-
-    def __init__(self, bad_calls):
-        super().__init__()
-        self.bad_calls = set(bad_calls)
-        self.calls = 0
-
-    def forward(self, input_x, labels=None):
-        self.calls += 1
-        out = super().forward(input_x, labels)
-        if self.calls in self.bad_calls:
-            out["loss"] = out["loss"] * float("nan")
-        return out
-
-
 class Snapshots(TrainerCallback):
     def __init__(self):
         self.params = {}

@@ -246,7 +246,7 @@ def test_checkpoint_layout(tmp_path):
     folder = tmp_path / "checkpoint-4"
     assert sorted(os.listdir(folder)) == sorted([
         "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth",
-        "trainer_state.json", "training_args.json"])
+        "trainer_state.json", "pytrainer_state.json", "training_args.json"])
     restored = TrainingArguments.from_json_file(folder / "training_args.json")
     assert restored.to_dict() == a.to_dict()
     state = json.loads((folder / "trainer_state.json").read_text())
@@ -294,7 +294,8 @@ def test_checkpoint_rotation(tmp_path, limit, best, kept):
 def test_load_best_model_at_end(tmp_path):
     a = make_args(tmp_path, eval_strategy="steps", eval_steps=5, save_strategy="steps",
                   save_steps=5, max_steps=11, load_best_model_at_end=True, save_total_limit=2,
-                  learning_rate=0.5)  # a large lr: the loss bounces, the best is not the last
+                  learning_rate=0.8)  # a large lr: the loss bounces, the best is not the last
+    # (evaluations at 5, 10 and, as Hugging Face's Trainer does at the end, 11)
     trainer = Trainer(RegressionModel(), a, train_dataset=RegressionDataset(64),
                       eval_dataset=RegressionDataset(32, seed=1))
     trainer.train()
@@ -304,11 +305,12 @@ def test_load_best_model_at_end(tmp_path):
     assert trainer.state.best_metric == evals[best_step]
     assert trainer.evaluate()["eval_loss"] == pytest.approx(evals[best_step])
     kept = {int(p.rsplit("-", 1)[1]) for p in sorted_checkpoints(str(tmp_path))}
-    assert kept == {best_step, 11}
+    assert best_step != 11 and kept == {best_step, 11}
 
 
 # ------------------------------------------------------------------ evaluation
-@pytest.mark.parametrize("strategy, expected", [("steps", 4), ("epoch", 3), ("no", 0)])
+# steps: 5, 10, 15, 20 and, as Hugging Face's Trainer (5.x) does, the last step (24)
+@pytest.mark.parametrize("strategy, expected", [("steps", 5), ("epoch", 3), ("no", 0)])
 def test_evaluations_per_strategy(tmp_path, strategy, expected):
     a = make_args(tmp_path, eval_strategy=strategy, eval_steps=5)
     trainer = Trainer(RegressionModel(), a, train_dataset=RegressionDataset(64),
@@ -338,6 +340,21 @@ def test_evaluate_and_compute_metrics(tmp_path):
                                                 rel=1e-5)
     assert result["eval_mae"] == pytest.approx((y - data.y).abs().mean().item(), rel=1e-5)
     assert {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch"} <= set(result)
+
+
+def test_eval_prediction_without_transformers(monkeypatch):
+    import importlib.util
+    from pytrainer.trainer.state import eval_prediction
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else find_spec(name, *a))
+    pair = eval_prediction("logits", "labels")
+    assert type(pair) is EvalPrediction and tuple(pair) == ("logits", "labels")
+    full = eval_prediction("logits", "labels", inputs="inputs", losses="losses")
+    assert tuple(full) == ("logits", "labels", "inputs", "losses") and full[3] == "losses"
+    assert (full.predictions, full.label_ids, full.inputs, full.losses) == tuple(full)
+    with pytest.raises(IndexError):
+        pair[2]
 
 
 def test_predict(tmp_path):
@@ -451,3 +468,56 @@ def test_report_to_tensorboard_writes_the_logged_scalars(tmp_path, monkeypatch, 
     (evaluation,) = [r for r in trainer.state.log_history if "eval_loss" in r]
     assert scalars["eval/loss"] == [(10, pytest.approx(evaluation["eval_loss"]))]
     assert "train/learning_rate" in scalars
+
+
+# ------------------------------------------------------------------ subclass hooks
+def test_loss_is_scaled_for_ga_says_who_divides_by_the_window(tmp_path):
+    """A subclass whose compute_loss divides by the accumulation steps itself sets
+    loss_is_scaled_for_ga=True and trains as the plain Trainer; the flag without
+    the division changes the update (the Trainer no longer divides)."""
+    class SelfScaled(Trainer):
+        loss_is_scaled_for_ga = True
+        divide = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            return loss / self.args.gradient_accumulation_steps if self.divide else loss
+
+    class Undivided(SelfScaled):
+        divide = False
+
+    runs = {}
+    for name, cls in (("plain", Trainer), ("self", SelfScaled), ("undivided", Undivided)):
+        model = RegressionModel()
+        a = make_args(tmp_path / name, lr_scheduler_type="constant", max_grad_norm=0.0,
+                      per_device_train_batch_size=2, gradient_accumulation_steps=4, max_steps=3)
+        cls(model, a, train_dataset=RegressionDataset(32),
+            optimizers=(torch.optim.SGD(model.parameters(), lr=0.05), None)).train()
+        runs[name] = params_of(model)
+    assert_params_close(runs["plain"], runs["self"])
+    with pytest.raises(AssertionError):
+        assert_params_close(runs["plain"], runs["undivided"], rel=1e-3)
+
+
+def test_floating_point_ops_and_compute_loss_context_of_a_subclass_are_used(tmp_path):
+    entered = []
+
+    class Counting(Trainer):
+        def floating_point_ops(self, inputs):
+            return 1000 * len(inputs["input_x"])
+
+        def compute_loss_context_manager(self):
+            entered.append(self.model.training)
+            return super().compute_loss_context_manager()
+
+    a = make_args(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                  max_steps=3, eval_strategy="steps", eval_steps=3, per_device_eval_batch_size=4)
+    trainer = Counting(RegressionModel(), a, train_dataset=RegressionDataset(32),
+                       eval_dataset=RegressionDataset(8, seed=1))
+    trainer.train()
+    assert trainer.state.total_flos == 1000 * 2 * 2 * 3
+    assert entered == [True] * 6 + [False] * 2  # 6 training micro-batches, 2 eval batches
+    plain = Trainer(RegressionModel(), make_args(tmp_path / "plain", max_steps=1),
+                    train_dataset=RegressionDataset(32))
+    plain.train()
+    assert plain.state.total_flos == 0  # the estimate needs a model counting its parameters

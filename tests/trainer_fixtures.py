@@ -47,6 +47,22 @@ class RegressionModel(nn.Module):
         return out
 
 
+class NanAt(RegressionModel):
+    """The loss is NaN at the given forward calls (one micro-batch per step)."""
+
+    def __init__(self, bad_calls):
+        super().__init__()
+        self.bad_calls = set(bad_calls)
+        self.calls = 0
+
+    def forward(self, input_x, labels=None):
+        self.calls += 1
+        out = super().forward(input_x, labels)
+        if self.calls in self.bad_calls:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
 class TokenDataset(Dataset):
     """Variable-length sequences of token ids with next-token labels; padding
     (label -100) makes token-level losses depend on how samples are batched."""

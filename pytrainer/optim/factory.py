@@ -13,7 +13,8 @@ from pytrainer.optim.registry import OptimizerConfig, build_optimizer
 if TYPE_CHECKING:
     from pytrainer.training_args import TrainingArguments
 
-__all__ = ["get_decay_parameter_names", "create_optimizer", "NO_DECAY_MODULE_TYPES"]
+__all__ = ["get_decay_parameter_names", "parameter_groups", "create_optimizer",
+           "NO_DECAY_MODULE_TYPES"]
 
 #: Hugging Face's name rule: biases and anything named like a normalisation layer.
 #: ``bias`` is a bare substring, so ``attn_bias_proj.weight`` is excluded too, as there.
@@ -41,25 +42,26 @@ def get_decay_parameter_names(model: nn.Module) -> list[str]:
             and not any(name.startswith(prefix) for prefix in excluded_prefixes)]
 
 
-def create_optimizer(model: nn.Module, args: "TrainingArguments") -> torch.optim.Optimizer:
-    """The optimizer ``args.optim`` names over ``model``'s trainable parameters.
-
-    Two groups, as Hugging Face builds them: the decayed parameters with
-    ``args.weight_decay`` and the rest with 0.0 (an empty group is left out).
-    ``learning_rate``, ``adam_beta1/2``, ``adam_epsilon``, ``optim_args`` (and the
-    model, for the optimizers that need it) reach the builder through
-    :class:`OptimizerConfig`. Raises ValueError when the model has no trainable
-    parameter.
-    """
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Hugging Face's two groups of the trainable parameters: the decayed ones
+    with ``weight_decay``, the rest with 0.0 (an empty group is left out).
+    Raises ValueError when the model has no trainable parameter."""
     decay = set(get_decay_parameter_names(model))
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError(f"{type(model).__name__} has no trainable parameters "
                          "(every parameter has requires_grad=False); nothing to optimize")
     groups: list[dict[str, Any]] = [
-        {"params": [p for name, p in trainable if name in decay],
-         "weight_decay": args.weight_decay},
+        {"params": [p for name, p in trainable if name in decay], "weight_decay": weight_decay},
         {"params": [p for name, p in trainable if name not in decay], "weight_decay": 0.0},
     ]
+    return [g for g in groups if g["params"]]
+
+
+def create_optimizer(model: nn.Module, args: "TrainingArguments") -> torch.optim.Optimizer:
+    """The optimizer ``args.optim`` names over ``model``'s trainable parameters,
+    in the groups of :func:`parameter_groups`. ``learning_rate``, ``adam_beta1/2``,
+    ``adam_epsilon``, ``optim_args`` (and the model, for the optimizers that need
+    it) reach the builder through :class:`OptimizerConfig`."""
     config = OptimizerConfig.from_args(args, model)
-    return build_optimizer(args.optim, [g for g in groups if g["params"]], config)
+    return build_optimizer(args.optim, parameter_groups(model, args.weight_decay), config)

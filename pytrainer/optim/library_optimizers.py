@@ -6,8 +6,9 @@ Each resolves to the class and keyword arguments transformers' Trainer builds (i
 passed on as strings, and with unknown keys refused. A name whose library is not
 installed is rejected by ``TrainingArguments`` with the package to install; names
 whose updates need hooks in the training loop that pytrainer's Trainer does not
-have (LOMO's fused backward, layer-wise stepping, schedule-free's train/eval modes)
-are marked unsupported and rejected the same way.
+have (LOMO's fused backward, layer-wise stepping) are marked unsupported and
+rejected the same way. (Schedule-free optimizers are driven: the Trainer calls
+their train() and eval().)
 """
 from __future__ import annotations
 
@@ -39,8 +40,6 @@ _LAYERWISE = ("layer-wise optimizers step inside the backward pass from per-para
               "name without _layerwise")
 _LOMO_WHY = ("LOMO fuses the update into the backward pass (optimizer.fused_backward), which "
              "pytrainer's Trainer does not call")
-_SCHEDULEFREE_WHY = ("schedule-free optimizers must be switched between train() and eval() "
-                     "around training and evaluation, which pytrainer's Trainer does not do yet")
 
 
 def _load(requirement: Requirement, module: str, *names: str) -> Any:
@@ -280,8 +279,10 @@ for _name, _class, _adam, _warmup in (
         ("schedule_free_adamw", "AdamWScheduleFree", True, True),
         ("schedule_free_sgd", "SGDScheduleFree", False, True)):
     _resolve, _check = _schedule_free(_name, _class, _adam, _warmup)
+    # the Trainer switches them between train() and eval() around training, evaluation and
+    # saving (Trainer._optimizer_mode)
     register_optimizer(_name, description=f"schedulefree {_class}", requires=(_SCHEDULEFREE,),
-                       unsupported=_SCHEDULEFREE_WHY, resolve=_resolve, check=_check)
+                       resolve=_resolve, check=_check)
 
 
 # --------------------------------------------------------------------- others

@@ -1,10 +1,17 @@
-"""Checkpoints: written atomically, loaded without running code, rotated.
+"""Checkpoints: written atomically, loaded without running code, rotated, and
+in Hugging Face's layout, so either Trainer resumes the other's.
 
-A checkpoint ``output_dir/checkpoint-<step>/`` holds the model weights
-(``model.safetensors``, or ``pytorch_model.bin`` without safetensors), the
+A checkpoint ``output_dir/checkpoint-<step>/`` holds the model (for a
+transformers PreTrainedModel, what ``save_pretrained`` writes: config.json,
+generation_config.json, model.safetensors; for other models the weights alone,
+``model.safetensors``, or ``pytorch_model.bin`` without safetensors), the
 optimizer, scheduler and GradScaler states (``optimizer.pt``, ``scheduler.pt``,
 ``scaler.pt``), the random states (``rng_state.pth``, ``rng_state_<rank>.pth``
-under torch.distributed), ``trainer_state.json`` and ``training_args.json``.
+under torch.distributed, with Hugging Face's keys), ``trainer_state.json``
+(Hugging Face's fields only), pytrainer's loss totals ``pytrainer_state.json``
+and the arguments as JSON, ``training_args.json`` (Hugging Face writes a
+pickle, ``training_args.bin``, which pytrainer neither writes nor reads).
+With ``save_only_model`` only the model and the two JSON states are written.
 
 It is written into ``.tmp-checkpoint-<step>`` in ``output_dir``, every file and
 the folder flushed to disk, then renamed into place: a folder named
@@ -14,6 +21,7 @@ safetensors, ``torch.load(weights_only=True)`` or JSON.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -21,25 +29,29 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
-from pytrainer.trainer.state import CheckpointError, TrainerState
+from pytrainer.trainer.state import CheckpointError, TrainerState, TrainingTotals
 
 __all__ = ["CheckpointError", "save_checkpoint", "save_weights", "load_model_weights",
            "load_tensors", "model_state_to_save", "drop_aliases", "tied_groups",
            "latest_checkpoint", "sorted_checkpoints", "rotate_checkpoints", "check_checkpoint",
-           "WEIGHTS_SAFETENSORS", "WEIGHTS_TORCH", "OPTIMIZER", "SCHEDULER", "SCALER",
-           "TRAINER_STATE", "TRAINING_ARGS", "PREFIX", "rng_file"]
+           "publish_files", "fsync_tree", "WEIGHTS_SAFETENSORS", "WEIGHTS_TORCH", "OPTIMIZER",
+           "SCHEDULER", "SCALER", "TRAINER_STATE", "TRAINING_TOTALS", "TRAINING_ARGS", "PREFIX",
+           "rng_file"]
 
 PREFIX = "checkpoint"
 TMP_PREFIX = ".tmp-checkpoint-"
 WEIGHTS_SAFETENSORS = "model.safetensors"
 WEIGHTS_TORCH = "pytorch_model.bin"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
 OPTIMIZER = "optimizer.pt"
 SCHEDULER = "scheduler.pt"
 SCALER = "scaler.pt"
 TRAINER_STATE = "trainer_state.json"
+TRAINING_TOTALS = "pytrainer_state.json"
 TRAINING_ARGS = "training_args.json"
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX}-(\d+)$")
 
@@ -99,39 +111,74 @@ def save_weights(model: nn.Module, folder: Path, safetensors: bool,
         _write(folder / WEIGHTS_TORCH, lambda p: torch.save({k: v.cpu() for k, v in state.items()}, p))
 
 
-def save_checkpoint(output_dir: str, step: int, *, model: nn.Module,
+def fsync_tree(folder: Path) -> None:
+    """Flushes every file under ``folder`` (written by code that does not, such as
+    save_pretrained), then the folders."""
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            _fsync(Path(root, name))
+    for root, dirs, _ in os.walk(folder, topdown=False):
+        for name in dirs:
+            _fsync(Path(root, name))
+    _fsync(folder)
+
+
+def publish_files(source: Path, target: Path) -> None:
+    """Moves every file of ``source`` (flushed) into ``target``, each replacing its
+    namesake in one rename, so a reader never sees half a file; removes ``source``."""
+    fsync_tree(source)
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(source.iterdir()):
+        destination = target / entry.name
+        if entry.is_dir() and destination.is_dir():
+            shutil.rmtree(destination)
+        os.replace(entry, destination)
+    shutil.rmtree(source, ignore_errors=True)
+    _fsync(target)
+
+
+def _save_rng(path: Path, rng_state: dict[str, Any]) -> None:
+    _write(path, lambda p: torch.save(rng_state, p))
+
+
+def save_checkpoint(output_dir: str, step: int, *, write_model: Callable[[Path], None] | None,
                     optimizer_state: dict[str, Any] | None, scheduler: Any, scaler: Any,
-                    state: TrainerState, args_json: str, rng_state: dict[str, Any],
-                    safetensors: bool = True, rank: int = 0, world_size: int = 1,
-                    barrier: Callable[[], None] = lambda: None,
-                    model_state: dict[str, torch.Tensor] | None = None) -> str:
+                    state: TrainerState, totals: TrainingTotals, args_json: str,
+                    rng_state: dict[str, Any] | None, writes: bool = True, rank: int = 0,
+                    world_size: int = 1, barrier: Callable[[], None] = lambda: None) -> str:
     """Writes ``checkpoint-<step>`` atomically and returns its path. Under
-    torch.distributed every rank calls it: rank 0 writes the shared files (the
-    model's and optimizer's full states, given by the caller when sharded), every
-    rank its random state, and rank 0 renames once all have written."""
+    torch.distributed every rank calls it: the writer (rank 0, or the first rank
+    of each node with save_on_each_node: ``writes``) writes the shared files with
+    ``write_model`` (the model's folder contents) and the optimizer state (the
+    whole states, gathered by the caller when sharded), every rank its random
+    state into its node's folder, and the writer renames once all have written.
+    ``rng_state`` None (save_only_model) writes no random state."""
     out = Path(output_dir)
     tmp = out / f"{TMP_PREFIX}{step}"
     final = out / f"{PREFIX}-{step}"
-    if rank == 0:
+    if writes:
         out.mkdir(parents=True, exist_ok=True)
         for leftover in out.glob(f"{TMP_PREFIX}*"):  # a crash's half-written checkpoint
             shutil.rmtree(leftover, ignore_errors=True)
         tmp.mkdir()
     barrier()
-    _write(tmp / rng_file(rank, world_size), lambda p: torch.save(rng_state, p))
-    if rank == 0:
-        save_weights(model, tmp, safetensors, model_state)
+    if rng_state is not None:
+        _save_rng(tmp / rng_file(rank, world_size), rng_state)
+    if writes:
+        write_model(tmp)
+        fsync_tree(tmp)
         if optimizer_state is not None:
             _write(tmp / OPTIMIZER, lambda p: torch.save(optimizer_state, p))
-        if scheduler is not None:
+        if scheduler is not None and optimizer_state is not None:
             _write(tmp / SCHEDULER, lambda p: torch.save(scheduler.state_dict(), p))
-        if scaler is not None:
+        if scaler is not None and optimizer_state is not None:
             _write(tmp / SCALER, lambda p: torch.save(scaler.state_dict(), p))
         _write(tmp / TRAINING_ARGS, lambda p: p.write_text(args_json, encoding="utf-8"))
+        _write(tmp / TRAINING_TOTALS, lambda p: totals.save_to_json(str(p)))
         # last: its presence marks a checkpoint whose files were all written
         _write(tmp / TRAINER_STATE, lambda p: state.save_to_json(str(p)))
     barrier()
-    if rank == 0:
+    if writes:
         _fsync(tmp)
         if final.exists():  # saving the same step again (e.g. after a resume)
             stale = out / f"{TMP_PREFIX}stale-{step}"
@@ -162,27 +209,55 @@ def latest_checkpoint(output_dir: str) -> str | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def _weight_files(folder: Path) -> list[Path] | None:
+    """The files holding a checkpoint's weights: one file, or the shards a
+    safetensors index lists (save_pretrained of a large model); None: none."""
+    if (folder / WEIGHTS_SAFETENSORS).is_file():
+        return [folder / WEIGHTS_SAFETENSORS]
+    if (folder / SAFETENSORS_INDEX).is_file():
+        try:
+            index = json.loads((folder / SAFETENSORS_INDEX).read_text(encoding="utf-8"))
+            return [folder / name for name in sorted(set(index["weight_map"].values()))]
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"{folder / SAFETENSORS_INDEX} is not a safetensors index "
+                                  f"({error})") from None
+    if (folder / WEIGHTS_TORCH).is_file():
+        return [folder / WEIGHTS_TORCH]
+    return None
+
+
 def check_checkpoint(path: str, *, need_optimizer: bool = True) -> None:
-    """A clear error naming the first file a checkpoint lacks."""
+    """A clear error naming the first file a checkpoint lacks to resume from."""
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"Can't find a valid checkpoint at {path}: not a folder")
-    if not (folder / WEIGHTS_SAFETENSORS).is_file() and not (folder / WEIGHTS_TORCH).is_file():
+    if _weight_files(folder) is None:
         raise CheckpointError(f"Can't find a valid checkpoint at {path}: it has no model weights "
                               f"({WEIGHTS_SAFETENSORS} or {WEIGHTS_TORCH})")
-    required = [TRAINER_STATE, TRAINING_ARGS] + ([OPTIMIZER] if need_optimizer else [])
-    for name in required:
-        if not (folder / name).is_file():
-            raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
+    if not (folder / TRAINER_STATE).is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete: {TRAINER_STATE} is missing")
+    if need_optimizer and not (folder / OPTIMIZER).is_file():
+        raise CheckpointError(
+            f"checkpoint {path} is incomplete: {OPTIMIZER} is missing (a checkpoint written with "
+            f"save_only_model=True holds the model only and cannot be resumed from; load its "
+            f"weights into the model and start a new run instead)")
+
+
+def _numpy_globals() -> list[Any]:
+    """The numpy types Hugging Face's random-state files hold (NumPy's generator
+    state as an array): data only, the allowlist transformers and accelerate use."""
+    core = np._core if hasattr(np, "_core") else np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def load_tensors(path: Path, map_location: Any = "cpu") -> Any:
-    """``torch.load`` restricted to tensors and plain data (no code can run);
-    errors name the file."""
+    """``torch.load`` restricted to tensors and plain data (and numpy arrays, which
+    Hugging Face's random states hold): no code can run; errors name the file."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain data, which pytrainer refuses "
@@ -206,6 +281,21 @@ def _model_differences(expected: dict[str, torch.Size], found: dict[str, tuple[i
     return lines
 
 
+def _read_safetensors(paths: list[Path]) -> tuple[dict[str, torch.Tensor], dict[str, tuple]]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    loaded, shapes = {}, {}
+    for path in paths:
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                shapes.update({n: tuple(file.get_slice(n).get_shape()) for n in file.keys()})
+            loaded.update(load_file(str(path)))
+        except Exception as error:  # safetensors raises its own error types
+            raise CheckpointError(f"{path} is corrupted or not a safetensors file: "
+                                  f"{error}") from None
+    return loaded, shapes
+
+
 def load_model_weights(model: nn.Module, checkpoint: str,
                        load: Callable[[dict[str, torch.Tensor]], None] | None = None) -> None:
     """Loads the checkpoint's weights into ``model``; a CheckpointError listing every
@@ -215,28 +305,27 @@ def load_model_weights(model: nn.Module, checkpoint: str,
     state = model.state_dict()
     aliases = {alias: names[0] for names in tied_groups(model) for alias in names[1:]}
     expected = {name: t.shape for name, t in state.items()}
-    if (folder / WEIGHTS_SAFETENSORS).is_file():
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-        path = folder / WEIGHTS_SAFETENSORS
-        try:
-            with safe_open(str(path), framework="pt") as file:
-                shapes = {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}
-            loaded = load_file(str(path))
-        except Exception as error:  # safetensors raises its own error types
-            raise CheckpointError(f"{path} is corrupted or not a safetensors file: {error}") from None
+    paths = _weight_files(folder)
+    if paths is None:
+        raise CheckpointError(f"Can't find model weights in {checkpoint} ({WEIGHTS_SAFETENSORS} "
+                              f"or {WEIGHTS_TORCH})")
+    if paths[0].name != WEIGHTS_TORCH:
+        loaded, shapes = _read_safetensors(paths)
     else:
-        path = folder / WEIGHTS_TORCH
-        loaded = load_tensors(path)
+        loaded = load_tensors(paths[0])
         if not isinstance(loaded, dict):
-            raise CheckpointError(f"{path} does not hold a state dict")
+            raise CheckpointError(f"{paths[0]} does not hold a state dict")
         shapes = {name: tuple(t.shape) for name, t in loaded.items()}
+    # a checkpoint may keep any one name of a tied group (save_pretrained keeps its own)
+    for names in tied_groups(model):
+        present = next((n for n in names if n in loaded), None)
+        for name in names:
+            if present is not None and name not in loaded:
+                loaded[name], shapes[name] = loaded[present], shapes[present]
     differences = _model_differences(expected, shapes, aliases)
     if differences:
-        raise CheckpointError(f"the weights in {path} do not fit the model:\n  " +
+        raise CheckpointError(f"the weights in {paths[0]} do not fit the model:\n  " +
                               "\n  ".join(differences))
-    for alias, source in aliases.items():
-        loaded.setdefault(alias, loaded[source])
     if load is None:
         model.load_state_dict(loaded, strict=True)
     else:

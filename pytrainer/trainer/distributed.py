@@ -99,6 +99,14 @@ class _Failure:
 
 
 
+class _Created:
+    """The context of the process group this module created, handed to each later
+    caller (TrainingArguments.main_process_first before the Trainer, the Trainer),
+    which ends it once (its owns_group turns False)."""
+
+    context: DistributedContext | None = None
+
+
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     if value is None or value == "":
@@ -109,8 +117,10 @@ def _env_int(name: str) -> int | None:
         raise DistributedSetupError(f"{name}={value!r} is not an integer") from None
 
 
-def init_distributed(use_cpu: bool, timeout_s: float) -> DistributedContext:
-    """The context of a torchrun launch (or of one process without it)."""
+def init_distributed(use_cpu: bool, timeout_s: float, backend: str | None = None
+                     ) -> DistributedContext:
+    """The context of a torchrun launch (or of one process without it); ``backend``
+    (ddp_backend) None picks nccl on CUDA, gloo on the CPU."""
     world = _env_int("WORLD_SIZE") or 1
     if world <= 1:
         return DistributedContext()
@@ -135,8 +145,13 @@ def init_distributed(use_cpu: bool, timeout_s: float) -> DistributedContext:
             raise DistributedSetupError(
                 f"torch.distributed is initialised with {dist.get_world_size()} ranks but "
                 f"WORLD_SIZE={world}")
+        if _Created.context is not None and _Created.context.owns_group:
+            return _Created.context  # created here (main_process_first): still ours to end
         return DistributedContext(world, rank, local_rank, owns_group=False)
-    backend = "nccl" if cuda else "gloo"
+    if backend == "nccl" and not cuda:
+        raise DistributedSetupError("ddp_backend='nccl' needs CUDA GPUs; this run is on the CPU "
+                                    "(use ddp_backend='gloo', or leave it unset)")
+    backend = backend or ("nccl" if cuda else "gloo")
     timeout = datetime.timedelta(seconds=timeout_s)
     try:
         dist.init_process_group(backend=backend, timeout=timeout,
@@ -148,7 +163,8 @@ def init_distributed(use_cpu: bool, timeout_s: float) -> DistributedContext:
             f"{timeout_s:g} s ({type(error).__name__}: {error}); check that every rank runs, that "
             "MASTER_ADDR/MASTER_PORT reach rank 0, and --nnodes/--nproc_per_node") from None
     _Failure.watch()
-    return DistributedContext(world, rank, local_rank, owns_group=True)
+    _Created.context = DistributedContext(world, rank, local_rank, owns_group=True)
+    return _Created.context
 
 
 def select_device(use_cpu: bool, context: DistributedContext) -> torch.device:

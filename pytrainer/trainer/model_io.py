@@ -1,22 +1,25 @@
 """What the Trainer needs to know of a model it did not write: where the loss is
 in its outputs, whether its loss takes the window's target count, whether that
-loss shifts the labels; and batches moved to its device."""
+loss shifts the labels, which inputs are its labels, what it costs in floating-
+point operations; and batches moved to its device."""
 from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["loss_of", "accepts_loss_kwargs", "loss_shifts_labels", "to_device"]
+__all__ = ["loss_of", "accepts_loss_kwargs", "loss_shifts_labels", "to_device", "find_labels",
+           "is_pretrained_model", "flops_per_token", "unwrap"]
 
 
 def loss_of(outputs: Any) -> torch.Tensor:
     """The loss in a model's outputs: ``.loss``, a dict's ``"loss"``, a tuple's
     first item, or a 0-d tensor."""
-    if isinstance(outputs, dict) or hasattr(outputs, "keys"):
+    if isinstance(outputs, Mapping) or hasattr(outputs, "keys"):
         if "loss" not in outputs.keys():
             raise ValueError(f"the model returned keys {list(outputs.keys())} without 'loss'; "
                              "return the loss, or pass compute_loss_func")
@@ -59,11 +62,44 @@ def loss_shifts_labels(model: nn.Module) -> bool:
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
-    """Every tensor of a (nested) batch on ``device``, copied without blocking."""
+    """Every tensor of a (nested) batch on ``device``, copied without blocking;
+    mappings (a collator's BatchEncoding too) become dicts."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model under torch.compile's wrapper."""
+    return getattr(model, "_orig_mod", model)
+
+
+def find_labels(model: nn.Module) -> list[str]:
+    """Hugging Face's default label names: the forward's parameters whose name
+    has 'label' (and, for question answering, the start and end positions)."""
+    names = list(inspect.signature(unwrap(model).forward).parameters)
+    if "QuestionAnswering" in type(unwrap(model)).__name__:
+        return [n for n in names if "label" in n or n in ("start_positions", "end_positions")]
+    return [n for n in names if "label" in n]
+
+
+def is_pretrained_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a transformers PreTrainedModel (saved with save_pretrained)."""
+    if "transformers" not in sys.modules:
+        return False
+    from transformers import PreTrainedModel
+    return isinstance(unwrap(model), PreTrainedModel)
+
+
+def flops_per_token(model: nn.Module) -> int:
+    """Hugging Face's estimate of a forward and backward pass per input token: 6 x
+    the parameters outside the embeddings, for models that count their parameters
+    (transformers' do); 0 for others."""
+    model = unwrap(model)
+    if not hasattr(model, "num_parameters"):
+        return 0
+    return 6 * model.num_parameters(exclude_embeddings=True)

@@ -17,10 +17,10 @@ from torch import nn
 from pytrainer.trainer import checkpoint as ckpt
 from pytrainer.trainer.distributed import (DistributedContext, DistributedSetupError,
                                            fsdp2_available)
-from pytrainer.trainer.stepping import squared_norm
+from pytrainer.trainer.stepping import squared_norm, total_norm
 
 __all__ = ["Replicated", "DataParallel", "FullyShardedParallel", "choose_parallel",
-           "shard_fsdp2", "fsdp2_units"]
+           "shard_fsdp2", "fsdp2_units", "ddp_options"]
 
 
 class Replicated:
@@ -44,17 +44,18 @@ class Replicated:
 
     def grad_norm(self, grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
         """The 2-norm of the whole gradient, on the device."""
-        return squared_norm(grads, device).sqrt()
+        return total_norm(grads, device)
 
-    def full_model_state(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
-        """The model's whole state, each tied tensor once, on rank 0 (None elsewhere);
-        every rank calls it."""
-        return ckpt.model_state_to_save(model) if self.dist.is_main else None
+    def full_model_state(self, model: nn.Module, writer: bool) -> dict[str, torch.Tensor] | None:
+        """The model's whole state, each tied tensor once, on the ranks that write
+        it (``writer``; None elsewhere); every rank calls it."""
+        return ckpt.model_state_to_save(model) if writer else None
 
-    def full_states(self, model: nn.Module, optimizer: torch.optim.Optimizer
+    def full_states(self, model: nn.Module, optimizer: torch.optim.Optimizer, writer: bool
                     ) -> tuple[dict | None, dict | None]:
-        """(model state, optimizer state), whole, on rank 0; every rank calls it."""
-        if not self.dist.is_main:
+        """(model state, optimizer state), whole, on the writing ranks; every rank
+        calls it."""
+        if not writer:
             return None, None
         return ckpt.model_state_to_save(model), optimizer.state_dict()
 
@@ -72,16 +73,14 @@ class Replicated:
 class DataParallel(Replicated):
     """DistributedDataParallel: gradients averaged over ranks in the backward pass."""
 
-    def __init__(self, dist: DistributedContext, device: torch.device,
-                 find_unused_parameters: bool):
+    def __init__(self, dist: DistributedContext, device: torch.device, options: dict[str, Any]):
         super().__init__(dist)
         self.device = device
-        self.find_unused_parameters = find_unused_parameters
+        self.options = options
 
     def wrap(self, model: nn.Module) -> nn.Module:
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(
-            model, device_ids=ids, find_unused_parameters=self.find_unused_parameters)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, **self.options)
 
     def gradient_sync(self, wrapped: nn.Module, enabled: bool) -> ContextManager:
         return contextlib.nullcontext() if enabled else wrapped.no_sync()
@@ -112,17 +111,17 @@ class FullyShardedParallel(Replicated):
             self.dist.all_reduce_sum(squares)
         return squares.sqrt()
 
-    def full_model_state(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+    def full_model_state(self, model: nn.Module, writer: bool) -> dict[str, torch.Tensor] | None:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
         state = get_model_state_dict(model, options=_options(cpu_offload=True))
-        return ckpt.drop_aliases(model, state) if self.dist.is_main else None
+        return ckpt.drop_aliases(model, state) if writer else None
 
-    def full_states(self, model, optimizer):
+    def full_states(self, model, optimizer, writer):
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-        model_state = self.full_model_state(model)
+        model_state = self.full_model_state(model, writer)
         optimizer_state = get_optimizer_state_dict(model, optimizer,
                                                    options=_options(cpu_offload=True))
-        return (model_state, optimizer_state) if self.dist.is_main else (None, None)
+        return (model_state, optimizer_state) if writer else (None, None)
 
     def load_model_weights(self, model: nn.Module, path: str) -> None:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
@@ -190,11 +189,23 @@ def fsdp2_units(model: nn.Module) -> list[nn.Module]:
     return units
 
 
+def ddp_options(args: Any) -> dict[str, Any]:
+    """DistributedDataParallel's keyword arguments from the ``ddp_*`` fields
+    (None: torch's default; find_unused_parameters None means False)."""
+    options: dict[str, Any] = {"find_unused_parameters": bool(args.ddp_find_unused_parameters)}
+    for name, key in (("ddp_bucket_cap_mb", "bucket_cap_mb"),
+                      ("ddp_broadcast_buffers", "broadcast_buffers"),
+                      ("ddp_static_graph", "static_graph")):
+        if getattr(args, name) is not None:
+            options[key] = getattr(args, name)
+    return options
+
+
 def choose_parallel(dist: DistributedContext, device: torch.device, fsdp2: bool,
-                    find_unused_parameters: bool) -> Replicated:
-    """The strategy of this run: FSDP2 or DDP under torchrun, else none."""
+                    options: dict[str, Any]) -> Replicated:
+    """The strategy of this run: FSDP2 or DDP (with ``options``) under torchrun, else none."""
     if not dist.enabled:
         return Replicated(dist)
     if fsdp2:
         return FullyShardedParallel(dist, device)
-    return DataParallel(dist, device, find_unused_parameters)
+    return DataParallel(dist, device, options)

@@ -21,17 +21,30 @@ from typing import Any
 import torch
 
 __all__ = ["Stepper", "GradScalerStepper", "FoldedStepper", "FusedProtocolStepper",
-           "PlainStepper", "choose_stepper", "squared_norm"]
+           "PlainStepper", "choose_stepper", "squared_norm", "total_norm"]
 
 #: added to the norm before dividing by it, as torch's clip_grad_norm_ does
 _EPS = 1e-6
+
+
+def _norms(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    return torch.stack([n.float().to(device) for n in torch._foreach_norm(grads)])
 
 
 def squared_norm(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """The sum of squares of ``grads`` (float32, on ``device``), without a host read."""
     if not grads:
         return torch.zeros((), device=device)
-    return torch.stack([n.float().to(device) for n in torch._foreach_norm(grads)]).square().sum()
+    return _norms(grads, device).square().sum()
+
+
+def total_norm(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The 2-norm of all of ``grads`` (float32, on ``device``), computed as
+    torch.nn.utils.clip_grad_norm_ computes it (the norm of the per-tensor norms),
+    so that the logged grad_norm and the clipping are Hugging Face's to the bit."""
+    if not grads:
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(_norms(grads, device))
 
 
 class Stepper:

@@ -6,43 +6,59 @@ optimizer step, the scheduler step and zeroing the grads. Nothing reads a
 device value back to the host per micro-batch or per update: losses, token
 counts, the gradient norm and the inf/NaN flag stay on the device until a log
 line needs them. With pytrainer's optimizers the clipping factor and the
-inf/NaN flag go straight into the fused kernel (``step_scaled``).
-
-How the update reaches the optimizer (stepping.py) and how the ranks hold the
-model (parallel.py) are chosen once, when training starts.
+inf/NaN flag go straight into the fused kernel (``step_scaled``). How the
+update reaches the optimizer (stepping.py) and how the ranks hold the model
+(parallel.py) are chosen once, when training starts. The constructor, events,
+logs, checkpoints and saved models are Hugging Face's.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
+import gc
+import itertools
 import logging
-import math
-import os
 import time
-from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from pytrainer.trainer import checkpoint as ckpt
-from pytrainer.trainer.callbacks import (CallbackHandler, DefaultFlowCallback,
-                                         JsonLinesLogCallback, PrinterCallback, ProgressCallback,
-                                         TrainerCallback, report_callbacks)
-from pytrainer.trainer.data import (WindowBatchSampler, build_eval_loader, build_train_loader,
-                                    count_targets, default_data_collator, seed_loader)
+from pytrainer.trainer.best_metric import metric_key, note_best_metric
+from pytrainer.trainer.batch_size_search import (empty_device_cache, free_memory,
+                                                 is_out_of_memory, smaller_batch)
+from pytrainer.trainer.checkpointing import (resolve_checkpoint, restore_run_checkpoint,
+                                             batch_sizes, write_run_checkpoint)
+from pytrainer.trainer.callbacks import CallbackHandler, TrainerCallback, default_callbacks
+from pytrainer.trainer.collation import default_collator_for
+from pytrainer.trainer.data import count_targets, seed_loader
 from pytrainer.trainer.distributed import init_distributed, select_device
-from pytrainer.trainer.evaluation import batch_size_of, gather_in_order, logits_of, to_numpy
-from pytrainer.trainer.model_io import accepts_loss_kwargs, loss_of, loss_shifts_labels, to_device
-from pytrainer.trainer.nonfinite import NonFiniteWatch, Reading
-from pytrainer.trainer.parallel import Replicated, choose_parallel
+from pytrainer.trainer.evaluation import (EvalOutput, EvalSettings, batch_size_of,
+                                          inference_ignore_keys, labels_of, logits_of,
+                                          run_evaluation, speed_metrics)
+from pytrainer.trainer.input_counters import InputCounters
+from pytrainer.trainer.label_smoothing import label_smoother_for
+from pytrainer.trainer.loaders import StepPlan, TrainerLoaders, TrainLoader
+from pytrainer.trainer.log_levels import apply_log_level
+from pytrainer.trainer.loss_tracking import LossTracker
+from pytrainer.trainer.memory_metrics import MemoryMetrics, check_memory_metrics
+from pytrainer.trainer.model_io import (accepts_loss_kwargs, find_labels, loss_of,
+                                        loss_shifts_labels, to_device)
+from pytrainer.trainer.model_setup import (NEFTune, apply_tf32,
+                                           check_activation_checkpointing,
+                                           compile_model, enable_activation_checkpointing,
+                                           enable_full_determinism, set_use_cache)
+from pytrainer.trainer.parallel import Replicated, choose_parallel, ddp_options
+from pytrainer.trainer.saving import processing_to_save, save_model_folder, writes_files
 from pytrainer.trainer.schedules import create_scheduler
-from pytrainer.trainer.state import (CheckpointError, EvalPrediction, PredictionOutput,
-                                     TrainerControl, TrainerState, TrainOutput)
+from pytrainer.trainer.script_methods import NO_HYPERPARAMETER_SEARCH, ScriptMethods
+from pytrainer.trainer.setup_checks import check_sharded_optimizer, check_trainer_inputs
+from pytrainer.trainer.state import (PredictionOutput, TrainerControl,
+                                     TrainerState, TrainingTotals, TrainOutput)
 from pytrainer.trainer.stepping import choose_stepper
 from pytrainer.training_args import TrainingArguments
-from pytrainer.utils.seed import get_rng_state, set_rng_state, set_seed
+from pytrainer.utils.seed import set_seed
 
 __all__ = ["Trainer", "NonFiniteLossError"]
 
@@ -53,54 +69,48 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive updates had a NaN or inf loss or gradient."""
 
 
-class _Plan(NamedTuple):
-    """The step accounting of a run."""
-    batches_per_epoch: int
-    steps_per_epoch: int
-    max_steps: int
-    num_epochs: int
-
-
-class Trainer:
-    """Trains, evaluates and predicts as Hugging Face's Trainer does (see the README).
+class Trainer(ScriptMethods):
+    """Trains, evaluates and predicts as Hugging Face's Trainer does, with its
+    arguments in its order (see the README); ScriptMethods has what its example
+    scripts call besides (log_metrics, save_metrics, save_state...).
 
     ``model`` is any ``nn.Module`` whose forward takes a batch's keys and returns
     its loss (``.loss``, a dict's ``"loss"``, or a tuple's first item), or any
     module with a ``compute_loss_func(outputs, labels, num_items_in_batch)``.
     """
 
-    def __init__(self, model: nn.Module, args: TrainingArguments | None = None,
-                 train_dataset: Dataset | None = None, eval_dataset: Dataset | None = None,
-                 data_collator: Callable | None = None, compute_metrics: Callable | None = None,
+    #: as Hugging Face's: whether compute_loss's loss already covers the accumulation
+    #: window (None: when normalised by num_items_in_batch); set by custom losses
+    loss_is_scaled_for_ga: bool | None = None
+
+    def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None,
+                 data_collator: Callable | None = None, train_dataset: Any = None,
+                 eval_dataset: Any = None, processing_class: Any = None,
+                 model_init: Callable | None = None, compute_loss_func: Callable | None = None,
+                 compute_metrics: Callable | None = None,
                  callbacks: list[TrainerCallback] | None = None,
                  optimizers: tuple[Any, Any] = (None, None),
-                 compute_loss_func: Callable | None = None):
-        if model is None:
-            raise ValueError("Trainer needs a model")
-        self.args = args if args is not None else TrainingArguments(output_dir="tmp_trainer")
-        args = self.args
-        if args.eval_strategy != "no" and eval_dataset is None:
-            raise ValueError(f"eval_strategy={args.eval_strategy!r} needs an eval_dataset")
-        self.dist = init_distributed(args.use_cpu, args.ddp_timeout)
-        self.device = select_device(args.use_cpu, self.dist)
-        set_seed(args.seed)
-        self.model = model.to(self.device)
+                 optimizer_cls_and_kwargs: tuple[type, dict[str, Any]] | None = None,
+                 preprocess_logits_for_metrics: Callable | None = None):
+        self.args = args = args if args is not None else TrainingArguments(output_dir="tmp_trainer")
+        check_trainer_inputs(args, model=model, model_init=model_init, optimizers=optimizers,
+                             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+                             train_dataset=train_dataset, eval_dataset=eval_dataset,
+                             data_collator=data_collator, compute_metrics=compute_metrics)
+        self._setup_process()
+        self.model_init = model_init
+        self.model = self._place(model if model is not None else self.call_model_init())
         self.model_wrapped: nn.Module = self.model
-        self.train_dataset = train_dataset
-        self.eval_dataset = eval_dataset
-        self.data_collator = data_collator or default_data_collator
-        self.compute_metrics = compute_metrics
-        self.compute_loss_func = compute_loss_func
+        self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        self.processing_class = processing_class
+        self.data_collator = data_collator if data_collator is not None else \
+            default_collator_for(processing_class)
+        self.compute_metrics, self.compute_loss_func = compute_metrics, compute_loss_func
+        self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.optimizer, self.lr_scheduler = optimizers
-        if args.fsdp2 and self.dist.enabled and self.optimizer is not None:
-            raise ValueError(
-                "fsdp2=True shards the model when training starts, and an optimizer passed in "
-                "`optimizers` would keep updating the parameters from before sharding (training "
-                "nothing); let the Trainer create it (optim=..., learning_rate=..., "
-                "weight_decay=...), or pass optimizer_cls_and_kwargs=(optimizer class, kwargs)")
-        self.model_accepts_loss_kwargs = accepts_loss_kwargs(self.model)
-        self.loss_shifts_labels = loss_shifts_labels(self.model)
-        self.label_names = args.label_names or ["labels"]
+        self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        check_sharded_optimizer(args.fsdp2 and self.dist.enabled, self.optimizer)
+        self.label_smoother = label_smoother_for(self.model, args.label_smoothing_factor)
         self.scaler = (torch.amp.GradScaler(self.device.type) if args.fp16 else None)
         # until train() wraps the model, every rank holds it whole
         self.parallel = Replicated(self.dist)
@@ -108,18 +118,66 @@ class Trainer:
         self.state = TrainerState(is_world_process_zero=self.dist.is_main,
                                   is_local_process_zero=self.dist.local_rank == 0)
         self.control = TrainerControl()
-        default = [DefaultFlowCallback(),
-                   PrinterCallback() if args.disable_tqdm else ProgressCallback(),
-                   JsonLinesLogCallback(), *report_callbacks(args.report_to)]
-        self.callback_handler = CallbackHandler(default + list(callbacks or []),
-                                                model=self.model, processing_class=None)
+        self.totals = TrainingTotals(gradient_accumulation_steps=args.gradient_accumulation_steps)
+        self.callback_handler = CallbackHandler(default_callbacks(args, callbacks), self.model,
+                                                processing_class, self.optimizer,
+                                                self.lr_scheduler)
+        self._eval_loaders: dict = {}
+        self._ignore_keys_for_eval: list[str] | None = None
         self._resumed_from: str | None = None
-        self._optimizer_built_here = False
-        self._wrapped = False
-        self.control = self.callback_handler.call("on_init_end", args, self.state, self.control)
+        self._optimizer_built_here = self._wrapped = self._in_train = False
+        self._init_metrics: dict[str, Any] = {}
+        self._memory.stop("init", self._init_metrics)
+        self._event("on_init_end")
         if self.dist.enabled:
             # a script that never calls close() still tears down in the safe order
             atexit.register(self.close)
+
+    def _setup_process(self) -> None:
+        """This process's place in the run, its device, log level, seeds, TF32 and
+        memory measurement."""
+        args = self.args
+        self.dist = init_distributed(args.use_cpu, args.ddp_timeout, args.ddp_backend)
+        self.device = select_device(args.use_cpu, self.dist)
+        apply_log_level(args, self.dist.rank, self.dist.local_rank)
+        self._seed()
+        apply_tf32(args.tf32)
+        check_memory_metrics(args.skip_memory_metrics)
+        self._memory = MemoryMetrics(args.skip_memory_metrics, self.device)
+        self._memory.start("init")
+
+    def _seed(self) -> None:
+        set_seed(self.args.seed)
+        if self.args.full_determinism:
+            enable_full_determinism()
+
+    def _place(self, model: nn.Module) -> nn.Module:
+        """The model on the device, set up as the arguments say (what cannot be done
+        fails here, before training)."""
+        args = self.args
+        model = model.to(self.device)
+        set_use_cache(model, args.use_cache)
+        if args.activation_checkpointing:
+            check_activation_checkpointing(model)
+        if args.neftune_noise_alpha is not None:
+            NEFTune(model, args.neftune_noise_alpha)  # checks the model has input embeddings
+        self.model_accepts_loss_kwargs = accepts_loss_kwargs(model)
+        self.loss_shifts_labels = loss_shifts_labels(model)
+        self.label_names = args.label_names if args.label_names is not None else \
+            (find_labels(model) or ["labels"])
+        return model
+
+    def call_model_init(self) -> nn.Module:
+        model = self.model_init()
+        if model is None:
+            raise RuntimeError("model_init returned None: it must return the model to train")
+        return model
+
+    @property
+    def loaders(self) -> TrainerLoaders:
+        """The loaders of the current model, collator and arguments."""
+        return TrainerLoaders(self.args, self.model, self.data_collator, self.processing_class,
+                              self.label_names, self.dist, self.device, self._eval_loaders)
 
     def close(self) -> None:
         """Releases the distributed resources: the DDP wrapper first (its reducer
@@ -127,45 +185,74 @@ class Trainer:
         Call at the end of a torchrun script (``pytrainer train`` does)."""
         if self.model_wrapped is not self.model:
             self.model_wrapped = self.model
-            import gc
             gc.collect()
         self.dist.shutdown()
 
     # ------------------------------------------------------------ callbacks
-    def add_callback(self, callback: TrainerCallback | type) -> None:
-        self.callback_handler.add(callback)
-
     def _event(self, name: str, **kwargs) -> None:
-        self.callback_handler.objects.update(optimizer=self.optimizer,
-                                             lr_scheduler=self.lr_scheduler)
-        self.control = self.callback_handler.call(name, self.args, self.state, self.control,
-                                                  **kwargs)
+        handler = self.callback_handler
+        handler.model, handler.optimizer, handler.lr_scheduler = (self.model, self.optimizer,
+                                                                 self.lr_scheduler)
+        self.control = handler.call(name, self.args, self.state, self.control, **kwargs)
+
+    # ------------------------------------------------------------ data
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset")
+        return self.loaders.train(self.train_dataset, self.args.per_device_train_batch_size,
+                                  self.args.gradient_accumulation_steps).loader
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> torch.utils.data.DataLoader:
+        dataset = self.eval_dataset[eval_dataset] if isinstance(eval_dataset, str) else \
+            eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("Trainer: evaluation requires an eval_dataset")
+        return self.loaders.eval(dataset)[0]
+
+    def get_test_dataloader(self, test_dataset: Any) -> torch.utils.data.DataLoader:
+        return self.loaders.eval(test_dataset, "test")[0]
 
     # ------------------------------------------------------------ setup
     def create_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer ``optim`` names, or the class of optimizer_cls_and_kwargs
+        over Hugging Face's two parameter groups (decayed, not decayed)."""
         if self.optimizer is None:
-            from pytrainer.optim import create_optimizer
-            self.optimizer = create_optimizer(self.model, self.args)
+            from pytrainer.optim.factory import create_optimizer, parameter_groups
+            if self.optimizer_cls_and_kwargs is not None:
+                cls, kwargs = self.optimizer_cls_and_kwargs
+                self.optimizer = cls(parameter_groups(self.model, self.args.weight_decay),
+                                     **kwargs)
+            else:
+                self.optimizer = create_optimizer(self.model, self.args)
             self._optimizer_built_here = True
         return self.optimizer
 
-    def create_scheduler(self, num_training_steps: int) -> Any:
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         if self.lr_scheduler is None:
             self.lr_scheduler = create_scheduler(
-                self.args.lr_scheduler_type, self.optimizer,
+                self.args.lr_scheduler_type, optimizer or self.optimizer,
                 num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
                 num_training_steps=num_training_steps, kwargs=self.args.lr_scheduler_kwargs)
         return self.lr_scheduler
 
+    def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
+        self.create_optimizer()
+        self.create_scheduler(num_training_steps)
+
     def _wrap_model(self) -> nn.Module:
-        """Chooses how the ranks hold the model (once): DistributedDataParallel under
-        torchrun, FSDP2 with ``fsdp2`` (sharded in place), else the model as it is."""
+        """Sets the model up for training, once: activation checkpointing, how the
+        ranks hold it (DDP under torchrun, FSDP2 with ``fsdp2``, sharded in place,
+        else the model as it is), then torch.compile of what the loop calls."""
         if self._wrapped:
             return self.model_wrapped
         args = self.args
-        self.parallel = choose_parallel(self.dist, self.device, args.fsdp2,
-                                        bool(args.ddp_find_unused_parameters))
+        if args.activation_checkpointing:
+            enable_activation_checkpointing(self.model, args.activation_checkpointing_kwargs)
+        self.parallel = choose_parallel(self.dist, self.device, args.fsdp2, ddp_options(args))
         self.model_wrapped = self.parallel.wrap(self.model)
+        if args.torch_compile:
+            self.model_wrapped = compile_model(self.model_wrapped, args.torch_compile_backend,
+                                               args.torch_compile_mode)
         self._wrapped = True
         if self.parallel.rebuilds_optimizer and self.optimizer is not None \
                 and self._optimizer_built_here:
@@ -175,92 +262,117 @@ class Trainer:
             self.lr_scheduler = None
         return self.model_wrapped
 
-    def _autocast(self):
-        if self.args.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        if self.args.fp16:
-            return torch.autocast(self.device.type, dtype=torch.float16)
-        return contextlib.nullcontext()
-
-    def _train_sampler(self) -> WindowBatchSampler:
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return WindowBatchSampler(len(self.train_dataset), self.args.per_device_train_batch_size,
-                                  seed=seed, shuffle=True, drop_last=self.args.dataloader_drop_last,
-                                  world_size=self.dist.world_size, rank=self.dist.rank)
-
-    def _plan(self, batches_per_epoch: int) -> _Plan:
-        args = self.args
-        if batches_per_epoch == 0:
-            raise ValueError(f"the training set ({len(self.train_dataset)} samples) is smaller than "
-                             "one batch and dataloader_drop_last is set")
-        steps_per_epoch = max(math.ceil(batches_per_epoch / args.gradient_accumulation_steps), 1)
-        if args.max_steps > 0:
-            max_steps = args.max_steps
-            num_epochs = math.ceil(max_steps / steps_per_epoch)
-        else:
-            max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
-            num_epochs = math.ceil(args.num_train_epochs)
-        return _Plan(batches_per_epoch, steps_per_epoch, max_steps, num_epochs)
+    def _optimizer_mode(self, mode: str) -> None:
+        """Schedule-free optimizers: train() puts the training weights in the model,
+        eval() the averaged ones (to evaluate and save); others have neither."""
+        switch = getattr(self.optimizer, mode, None)
+        if callable(switch):
+            switch()
 
     # ------------------------------------------------------------ training
-    def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
-        """Trains, from scratch or from a checkpoint (``True``: the latest complete
-        one in output_dir); returns the global step, the mean training loss and
-        the run's metrics."""
-        args = self.args
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial: Any = None,
+              ignore_keys_for_eval: list[str] | None = None) -> TrainOutput:
+        """Trains, from scratch or from a checkpoint (``True``: the latest in
+        output_dir); returns the global step, mean training loss and metrics. With
+        auto_find_batch_size, running out of memory in the first update retries
+        with a smaller batch and more accumulation steps."""
+        if trial is not None:
+            raise ValueError(NO_HYPERPARAMETER_SEARCH)
         if self.train_dataset is None:
             raise ValueError("Trainer.train needs a train_dataset")
-        checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
-        set_seed(args.seed)
+        self._memory.start("train")
+        if self.model_init is not None:
+            set_seed(self.args.seed)
+            self.model = self.model_wrapped = self._place(self.call_model_init())
+            self.optimizer = self.lr_scheduler = None
+            self._wrapped = False
+        checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        self._ignore_keys_for_eval = ignore_keys_for_eval
+        batch, accumulation = batch_sizes(self.args, checkpoint)
+        while True:
+            self._first_step = None  # the step this attempt starts from, once known
+            try:
+                return self._train_with(batch, accumulation, checkpoint)
+            except Exception as error:  # noqa: BLE001 - re-raised unless an early OOM
+                first = self._first_step is None or self.state.global_step == self._first_step
+                smaller = smaller_batch(batch, accumulation)
+                if not (self.args.auto_find_batch_size and is_out_of_memory(error) and first
+                        and smaller is not None):
+                    raise
+                logger.warning("out of memory with a per-device batch of %d: retrying with %d "
+                               "and %d accumulation steps", batch, *smaller)
+                free_memory(self.model)
+                batch, accumulation = smaller
+            finally:
+                self._in_train = False  # evaluations after this leave the optimizer in eval
 
-        sampler = self._train_sampler()
-        loader = build_train_loader(self.train_dataset, sampler, self.data_collator,
-                                    args.dataloader_num_workers, self.device)
-        plan = self._plan(len(sampler))
+    def _train_with(self, batch: int, accumulation: int, checkpoint: str | None) -> TrainOutput:
+        args = self.args
+        self._seed()
+        data = self.loaders.train(self.train_dataset, batch, accumulation)
+        plan = data.plan(args, accumulation)
         model = self._wrap_model()
-        self.create_optimizer()
-        self.create_scheduler(plan.max_steps)
+        self.create_optimizer_and_scheduler(plan.max_steps)
         self.stepper = choose_stepper(self.optimizer, self.scaler, args.max_grad_norm)
         intervals = args.resolve_steps(plan.max_steps)
         self.state = TrainerState(
             max_steps=plan.max_steps, logging_steps=intervals.logging_steps,
             eval_steps=intervals.eval_steps, save_steps=intervals.save_steps,
-            train_batch_size=args.per_device_train_batch_size, num_train_epochs=plan.num_epochs,
+            train_batch_size=batch, num_train_epochs=plan.num_epochs,
             is_world_process_zero=self.dist.is_main,
             is_local_process_zero=self.dist.local_rank == 0)
+        self.totals = TrainingTotals(gradient_accumulation_steps=accumulation)
         if checkpoint is not None:
             self._load_checkpoint(checkpoint)
-
-        self.callback_handler.objects.update(model=self.model, train_dataloader=loader)
+        self._first_step = self.state.global_step
+        self._tracker = LossTracker(self.device, self.dist, self.totals,
+                                    args.logging_nan_inf_filter, args.nonfinite_steps_limit,
+                                    self._log)
+        self._counters = InputCounters(self.model, self.device, self.dist,
+                                       args.include_num_input_tokens_seen,
+                                       getattr(self.processing_class, "pad_token_id", None),
+                                       self._flops_override())
+        self.callback_handler.train_dataloader = data.loader
+        self._in_train, self._last_logged = True, self.state.global_step
         self._event("on_train_begin")
+        self._optimizer_mode("train")
         model.train()
         self.model.zero_grad(set_to_none=True)
-        self._reset_accumulators()
-        start, start_step = time.perf_counter(), self.state.global_step
-        samples = self._train_epochs(model, loader, sampler, plan)
-        self._note_skipped(self._watch.drain())  # the last updates' flags
+        self._start_time = start = time.perf_counter()
+        if args.eval_on_start:
+            self._evaluate(skip_scheduler=True)
+        neftune = NEFTune(self.model, args.neftune_noise_alpha) \
+            if args.neftune_noise_alpha is not None else contextlib.nullcontext()
+        with neftune:
+            samples = self._train_epochs(model, data, plan, accumulation)
+        self._tracker.drain()  # the last updates' flags
         self._stop_if_nonfinite()
-        return self._end_training(time.perf_counter() - start, start_step, samples)
+        return self._end_training(time.perf_counter() - start, self._first_step, samples)
 
-    def _train_epochs(self, model: nn.Module, loader, sampler: WindowBatchSampler,
-                      plan: _Plan) -> int:
+    def _epoch_batches(self, data: TrainLoader, epoch: int, skip: int):
+        """The micro-batches of an epoch, the first ``skip`` left out (resuming)."""
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        seed_loader(data.loader, seed, epoch)
+        if data.sampler is None:
+            return itertools.islice(iter(data.loader), skip, None)
+        data.sampler.set_epoch(epoch)
+        data.sampler.skip = skip  # dropped without reading the data
+        return iter(data.loader)
+
+    def _train_epochs(self, model: nn.Module, data: TrainLoader, plan: StepPlan,
+                      accumulation: int) -> int:
         """The epochs from the state's step on; returns the samples this rank trained on."""
-        accumulation = self.args.gradient_accumulation_steps
         epochs_done, steps_done_in_epoch = divmod(self.state.global_step, plan.steps_per_epoch)
         samples = 0
         for epoch in range(epochs_done, plan.num_epochs):
             if self.control.should_training_stop:
                 break
-            sampler.set_epoch(epoch)
-            seed_loader(loader, sampler.seed, epoch)
             skipped = steps_done_in_epoch * accumulation if epoch == epochs_done else 0
-            sampler.skip = skipped
+            batches = self._epoch_batches(data, epoch, skipped)
             self._event("on_epoch_begin")
-            self.control.should_epoch_stop = False
             micro_done = skipped
-            batches = iter(loader)
             while not (self.control.should_training_stop or self.control.should_epoch_stop):
-                window = [b for _, b in zip(range(accumulation), batches)]
+                window = list(itertools.islice(batches, accumulation))
                 if not window:
                     break
                 self._event("on_step_begin")
@@ -269,101 +381,117 @@ class Trainer:
                 self.state.epoch = epoch + micro_done / plan.batches_per_epoch
                 self._event("on_step_end")
                 self._maybe_log_save_evaluate()
+            if micro_done == skipped and not (self.control.should_training_stop
+                                              or self.control.should_epoch_stop):
+                logger.warning("the training set gave no batch in epoch %d: stopping at step %d",
+                               epoch, self.state.global_step)
+                self.control.should_training_stop = True
             self._event("on_epoch_end")
             self._maybe_log_save_evaluate()
         return samples
 
     def _end_training(self, runtime: float, start_step: int, samples: int) -> TrainOutput:
-        self._flush_loss_accumulators()
+        self._counters.flush(self.state)
+        train_loss = self._tracker.train_loss()
         steps = self.state.global_step - start_step
-        train_loss = self.state.total_loss / max(self.state.global_step, 1)
+        metrics = speed_metrics("train", runtime, samples * self.dist.world_size, steps)
+        metrics.update(total_flos=self.state.total_flos, train_loss=train_loss,
+                       **self._init_metrics)
+        self._memory.stop("train", metrics)
+        self.log(metrics)
         if self.args.load_best_model_at_end and self.state.best_model_checkpoint:
             self.dist.barrier()
             self.parallel.load_model_weights(self.model, self.state.best_model_checkpoint)
-        metrics = {"train_runtime": runtime,
-                   "train_samples_per_second": samples * self.dist.world_size / max(runtime, 1e-9),
-                   "train_steps_per_second": steps / max(runtime, 1e-9),
-                   "total_flos": self.state.total_flos, "train_loss": train_loss,
-                   "epoch": self.state.epoch}
-        self.log(dict(metrics))
+        self._in_train = False
+        self._optimizer_mode("eval")  # schedule-free: the averaged weights, to save and evaluate
         self._event("on_train_end")
         return TrainOutput(self.state.global_step, train_loss, metrics)
 
     def _update(self, model: nn.Module, window: list[dict[str, Any]]) -> int:
         """One optimizer update from the window's micro-batches; returns its samples."""
         window = [to_device(batch, self.device) for batch in window]
-        num_items = self._count_targets(window)
+        num_items = self._count_targets(window, across_ranks=True)
+        self.current_gradient_accumulation_steps = len(window)
         step_loss = torch.zeros((), device=self.device)
         samples = 0
         for i, batch in enumerate(window):
             last = i == len(window) - 1
             with self.parallel.gradient_sync(model, enabled=last):
-                step_loss += self.training_step(model, batch, num_items, len(window))
+                step_loss += self.training_step(model, batch, num_items)
+            self._counters.add(batch)
             samples += batch_size_of(batch)
             if not last:
                 self._event("on_substep_end")
         self._optimizer_update(step_loss)
         return samples
 
-    def _count_targets(self, window: list[dict[str, Any]]) -> torch.Tensor | None:
-        """The window's target tokens, summed over ranks, when the loss can use them."""
-        if not (self.model_accepts_loss_kwargs or self.compute_loss_func):
+    def _count_targets(self, window: list[dict[str, Any]], across_ranks: bool
+                       ) -> torch.Tensor | None:
+        """The window's target tokens when the loss can use them, summed over ranks
+        with average_tokens_across_devices (``across_ranks``)."""
+        uses_count = self.model_accepts_loss_kwargs or self.compute_loss_func is not None
+        if not uses_count or "labels" not in window[0]:
             return None
         count = count_targets(window, self.loss_shifts_labels)
-        if count is not None:
+        if count is not None and across_ranks and self.args.average_tokens_across_devices:
             count = self.dist.all_reduce_sum(count.to(self.device))
         return count
 
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
-                      num_items_in_batch: torch.Tensor | None = None,
-                      window_size: int = 1) -> torch.Tensor:
+                      num_items_in_batch: torch.Tensor | None = None) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns its share of the window's
-        loss (detached). A loss that uses ``num_items_in_batch`` is already normalised
-        over the whole window (across ranks: DDP averages grads, so it is scaled back
-        by the world size); any other is divided by the window's micro-batch count."""
-        with self._autocast():
+        loss (detached). A loss normalised by ``num_items_in_batch`` already is over
+        the whole window (with the count over all ranks, DDP's average of the grads is
+        undone by the world size); any other is divided by the window's micro-batches."""
+        with self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
-        if num_items_in_batch is not None and self._uses_item_count():
+        steps = self.args.torch_empty_cache_steps
+        if steps and self.state.global_step % steps == 0:
+            empty_device_cache(self.device)
+        scaled = self.loss_is_scaled_for_ga
+        if scaled is None:  # normalised by num_items_in_batch: by the model or compute_loss_func
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or \
+                self.compute_loss_func is not None
+        if not scaled:
+            loss = loss / self.current_gradient_accumulation_steps
+        elif num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.dist.world_size
-        else:
-            loss = loss / window_size
         self.stepper.backward(loss)
         # as the gradient all-reduce sees it: the mean over ranks is the global loss
         return loss.detach()
 
-    def _uses_item_count(self) -> bool:
-        return self.model_accepts_loss_kwargs or self.compute_loss_func is not None
-
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | None = None):
-        """The loss of one batch (override for custom losses)."""
+        """The loss of one batch, as Hugging Face computes it: the model's, label
+        smoothing's, or compute_loss_func's (override for custom losses)."""
         inputs = dict(inputs)
         labels = None
-        if self.compute_loss_func is not None and "labels" in inputs:
+        if (self.label_smoother is not None or self.compute_loss_func is not None) \
+                and "labels" in inputs:
             labels = inputs.pop("labels")
-        kwargs = {}
-        if num_items_in_batch is not None and self.model_accepts_loss_kwargs \
-                and self.compute_loss_func is None:
-            kwargs["num_items_in_batch"] = num_items_in_batch
-        outputs = model(**inputs, **kwargs)
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            inputs["num_items_in_batch"] = num_items_in_batch
+        outputs = model(**inputs)
         if self.compute_loss_func is not None:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
+        elif labels is not None:
+            loss = self.label_smoother(outputs, labels, shift_labels=self.loss_shifts_labels,
+                                       num_items_in_batch=num_items_in_batch)
         else:
             loss = loss_of(outputs)
         return (loss, outputs) if return_outputs else loss
 
-    # ------------------------------------------------------------ the update
     def _optimizer_update(self, step_loss: torch.Tensor) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         self.stepper.unscale(self.optimizer)
         norm = self.parallel.grad_norm(grads, self.device)
-        self._grad_norm = norm
+        self._tracker.grad_norm = norm
         # every rank must take the same decision: the grads (hence the norm) are
         # reduced already; the loss flag is summed over ranks
         loss_bad = self.dist.all_reduce_sum((~torch.isfinite(step_loss)).to(torch.float32)) > 0
         bad = ~torch.isfinite(norm) | loss_bad
         self._event("on_pre_optimizer_step")
-        self._lr_used = self._current_lr()
+        self._lr_used = self._get_learning_rate()
         bad = self.stepper.step(self.optimizer, grads, norm, bad, loss_bad)
         self._event("on_optimizer_step")
         if self.lr_scheduler is not None and not isinstance(
@@ -371,279 +499,192 @@ class Trainer:
             self.lr_scheduler.step()
         self.model.zero_grad(set_to_none=True)
         self.state.global_step += 1
-        # where, not a product: the loss of a skipped update may be NaN
-        self._loss_sum += torch.where(bad, 0.0, step_loss.float())
-        self._good_steps += (~bad).to(self._good_steps.dtype)
-        self._note_skipped(self._watch.record(self.state.global_step, bad))
+        self._tracker.record(self.state.global_step, step_loss, bad)
         self._stop_if_nonfinite()
 
-    def _current_lr(self) -> float:
+    def _get_learning_rate(self) -> float:
         if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "get_last_lr"):
             lr = self.lr_scheduler.get_last_lr()[0]
         else:
             lr = self.optimizer.param_groups[0]["lr"]
-        return float(lr) if not isinstance(lr, torch.Tensor) else lr
-
-    # ------------------------------------------------------------ inf/NaN watch
-    def _reset_accumulators(self) -> None:
-        device = self.device
-        self._loss_sum = torch.tensor(self.state.loss_since_log, device=device)
-        self._good_steps = torch.tensor(float(self.state.steps_since_log), device=device)
-        self._grad_norm = torch.zeros((), device=device)
-        self._watch = NonFiniteWatch(device, streak=self.state.consecutive_bad_steps)
-        self._nonfinite_limit_hit: tuple[int, int] | None = None
-
-    def _note_skipped(self, readings: list[Reading]) -> None:
-        """Logs each skipped update read, and notes when ``nonfinite_steps_limit``
-        of them came in a row (``_stop_if_nonfinite`` then stops)."""
-        limit = self.args.nonfinite_steps_limit
-        for step, skipped, streak in readings:
-            if skipped:
-                logger.warning("non-finite loss or gradient at step %d: update skipped", step)
-                self._log({"nonfinite_update_skipped": step}, step)
-            if limit and streak >= limit and self._nonfinite_limit_hit is None:
-                self._nonfinite_limit_hit = (step, streak)
-        self.state.consecutive_bad_steps = self._watch.streak
+        return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
 
     def _stop_if_nonfinite(self) -> None:
-        if self._nonfinite_limit_hit is None:
+        if self._tracker.limit_hit is None:
             return
-        step, streak = self._nonfinite_limit_hit
+        step, streak = self._tracker.limit_hit
         path = self._save_checkpoint()
         raise NonFiniteLossError(
-            f"{streak} consecutive updates (through step {step}) had a NaN or inf loss or "
-            f"gradient and were skipped; stopping (nonfinite_steps_limit="
-            f"{self.args.nonfinite_steps_limit}). The parameters are those of the last good "
-            f"update, saved in {path}")
+            f"{streak} consecutive updates (through step {step}) had a NaN or inf loss or gradient "
+            f"and were skipped; stopping (nonfinite_steps_limit={self.args.nonfinite_steps_limit})."
+            f" The parameters are those of the last good update, saved in {path}")
 
     # ------------------------------------------------------------ log / eval / save
-    def _reduce_loss_sum(self) -> float:
-        """The loss sum since the last log line, averaged over ranks (every rank
-        takes part): the loss of the global batch, the same on every rank."""
-        self.dist.all_reduce_sum(self._loss_sum)
-        self._loss_sum /= self.dist.world_size
-        return float(self._loss_sum.item())
-
-    def _flush_loss_accumulators(self) -> tuple[float, int]:
-        """Moves the device loss sums into the state (a host read)."""
-        loss = self._reduce_loss_sum()
-        good = int(self._good_steps.item())
-        self.state.total_loss += loss
-        self._loss_sum.zero_()
-        self._good_steps.zero_()
-        self.state.loss_since_log = 0.0
-        self.state.steps_since_log = 0
-        return loss, good
-
     def _maybe_log_save_evaluate(self) -> None:
-        metrics = None
         control = self.control
         if control.should_log or control.should_evaluate or control.should_save:
-            # the host waits for the device here anyway: skipped updates first
-            self._note_skipped(self._watch.drain())
-        if self.control.should_log:
-            loss, good = self._flush_loss_accumulators()
-            logs: dict[str, float] = {}
-            if good:
-                logs["loss"] = loss / good
-            logs["grad_norm"] = float(self._grad_norm.item())
-            lr = self._lr_used if hasattr(self, "_lr_used") else self._current_lr()
-            logs["learning_rate"] = float(lr)
-            logs["epoch"] = self.state.epoch
-            self.log(logs)
+            self._tracker.drain()  # the host waits for the device here anyway
+        if control.should_log and self.state.global_step > self._last_logged:
+            loss = self._tracker.take_log_loss()
+            logs: dict[str, float] = {} if loss is None else {"loss": loss}
+            logs["grad_norm"] = float(self._tracker.grad_norm.item())
+            logs["learning_rate"] = self._lr_used
+            self._last_logged = self.state.global_step
+            self._counters.flush(self.state)
+            self.log(logs, self._start_time)
         if self.control.should_evaluate:
-            metrics = self.evaluate()
-            if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.lr_scheduler.step(metrics[self._best_metric_name()])
-        if self.control.should_save or (self.args.save_strategy == "best" and metrics is not None
-                                        and self._improves(metrics)):
-            self._save_checkpoint(metrics)
+            best = note_best_metric(self.args, self.state, self._evaluate())
+            if self.args.save_strategy == "best":
+                self.control.should_save = best
+        if self.control.should_save:
+            self._save_checkpoint()
             self._event("on_save")
-        self.control._new_step()
         self._stop_if_nonfinite()
 
-    def _best_metric_name(self) -> str:
-        name = self.args.metric_for_best_model or "loss"
-        return name if name.startswith("eval_") else f"eval_{name}"
+    def _evaluate(self, skip_scheduler: bool = False) -> dict[str, float]:
+        try:
+            metrics = self.evaluate(ignore_keys=self._ignore_keys_for_eval)
+        except RuntimeError as error:  # not retried with a smaller training batch
+            if self.args.auto_find_batch_size and is_out_of_memory(error):
+                raise ValueError("evaluation exceeded the device's memory, which "
+                                 "auto_find_batch_size does not fix (it lowers the training "
+                                 "batch): lower per_device_eval_batch_size") from error
+            raise
+        if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and \
+                not skip_scheduler:
+            self.lr_scheduler.step(metrics[metric_key(self.args, metrics)])
+        return metrics
 
-    def _improves(self, metrics: dict[str, float]) -> bool:
-        name = self._best_metric_name()
-        if name not in metrics:
-            return False
-        value = metrics[name]
-        best = self.state.best_metric
-        greater = self.args.greater_is_better if self.args.greater_is_better is not None \
-            else not name.endswith("loss")
-        return best is None or (value > best if greater else value < best)
-
-    def log(self, logs: dict[str, float]) -> None:
-        """Adds ``epoch`` and ``step``, appends to the state's log history, calls on_log."""
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds ``epoch`` (and the tokens seen), appends to the log history, calls
+        on_log; training lines (``start_time``) get the tokens per second."""
+        logs["epoch"] = self.state.epoch
+        if self.args.include_num_input_tokens_seen != "no":
+            logs.update(InputCounters.log_fields(self.state, start_time))
         self._log(logs, self.state.global_step)
 
     def _log(self, logs: dict[str, float], step: int) -> None:
-        if self.state.epoch is not None:
-            logs.setdefault("epoch", self.state.epoch)
+        logs.setdefault("epoch", self.state.epoch)
         self.state.log_history.append({**logs, "step": step})
         self._event("on_log", logs=logs)
 
-    def _rng_state(self) -> dict[str, Any]:
-        return get_rng_state()
-
-    def _save_checkpoint(self, metrics: dict[str, float] | None = None) -> str:
+    def _save_checkpoint(self) -> str:
         """Writes checkpoint-<global_step> (every rank takes part) and rotates."""
-        args = self.args
-        if metrics is not None and self._improves(metrics):
-            self.state.best_metric = metrics[self._best_metric_name()]
-            self.state.best_global_step = self.state.global_step
-            self.state.best_model_checkpoint = os.path.join(
-                args.output_dir, f"{ckpt.PREFIX}-{self.state.global_step}")
-        # the loss bookkeeping, so that a resumed run logs what this one would: the
-        # sum reduced over ranks (what every rank resumes from), the skips read
-        self.state.loss_since_log = self._reduce_loss_sum()
-        self.state.steps_since_log = int(self._good_steps.item())
-        self._note_skipped(self._watch.drain())
-        model_state, optimizer_state = self.parallel.full_states(self.model, self.optimizer)
-        path = ckpt.save_checkpoint(
-            args.output_dir, self.state.global_step, model=self.model,
-            optimizer_state=optimizer_state, scheduler=self.lr_scheduler, scaler=self.scaler,
-            state=self.state, args_json=args.to_json_string(), rng_state=self._rng_state(),
-            safetensors=args.save_safetensors, rank=self.dist.rank,
-            world_size=self.dist.world_size, barrier=self.dist.barrier, model_state=model_state)
-        if self.dist.is_main:
-            ckpt.rotate_checkpoints(args.output_dir, args.save_total_limit,
-                                    keep={self.state.best_model_checkpoint, self._resumed_from})
-        self.dist.barrier()
-        return path
-
-    def _resolve_checkpoint(self, resume: str | bool | None) -> str | None:
-        if resume is None or resume is False:
-            return None
-        if resume is True:
-            path = ckpt.latest_checkpoint(self.args.output_dir)
-            if path is None:
-                raise CheckpointError(f"No valid checkpoint found in output directory "
-                                      f"({self.args.output_dir})")
-            return path
-        return str(resume)
+        self._counters.flush(self.state)
+        self.state.stateful_callbacks = self.callback_handler.export_states(self.control)
+        return write_run_checkpoint(
+            self.args, self.state, self._tracker.snapshot(), model=self.model,
+            optimizer=self.optimizer, scheduler=self.lr_scheduler, scaler=self.scaler,
+            parallel=self.parallel, dist=self.dist,
+            processing_class=processing_to_save(self.processing_class, self.data_collator),
+            writes=writes_files(self.args, self.dist), keep={self._resumed_from})
 
     def _load_checkpoint(self, path: str) -> None:
-        """Restores the model, optimizer, scheduler, scaler, state and random states."""
-        ckpt.check_checkpoint(path)
-        folder = Path(path)
-        state = TrainerState.load_from_json(str(folder / ckpt.TRAINER_STATE))
-        self.parallel.load_states(self.model, self.optimizer, path,
-                                  ckpt.load_tensors(folder / ckpt.OPTIMIZER))
-        if self.lr_scheduler is not None and (folder / ckpt.SCHEDULER).is_file():
-            self.lr_scheduler.load_state_dict(ckpt.load_tensors(folder / ckpt.SCHEDULER))
-        if self.scaler is not None:
-            self.scaler.load_state_dict(ckpt.load_tensors(folder / ckpt.SCALER))
-        rng = folder / ckpt.rng_file(self.dist.rank, self.dist.world_size)
-        if rng.is_file():
-            set_rng_state(ckpt.load_tensors(rng))
-        if state.max_steps != self.state.max_steps:
-            logger.warning("resuming a run of %d steps as one of %d steps", state.max_steps,
-                           self.state.max_steps)
-        keep = {k: getattr(self.state, k) for k in ("max_steps", "logging_steps", "eval_steps",
-                                                    "save_steps", "num_train_epochs",
-                                                    "train_batch_size")}
-        self.state = state
-        for key, value in keep.items():
-            setattr(self.state, key, value)
-        self.state.is_world_process_zero = self.dist.is_main
-        self.state.is_local_process_zero = self.dist.local_rank == 0
+        """Restores a checkpoint of pytrainer's or of Hugging Face's Trainer (and,
+        with restore_callback_states_from_checkpoint, the callbacks' states)."""
+        self.state, totals = restore_run_checkpoint(
+            path, model=self.model, optimizer=self.optimizer, scheduler=self.lr_scheduler,
+            scaler=self.scaler, parallel=self.parallel, dist=self.dist, current=self.state)
+        self.totals = totals or self.totals
+        if self.args.restore_callback_states_from_checkpoint:
+            self.control = self.callback_handler.restore_states(self.state.stateful_callbacks,
+                                                                self.control)
         self._resumed_from = path
 
-    def save_model(self, output_dir: str | None = None) -> None:
-        """The model weights (and the arguments) in ``output_dir`` (default: the run's)."""
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The model (save_pretrained's files for a transformers model), processing
+        class and arguments in ``output_dir``, each file replaced in one rename."""
         output_dir = output_dir or self.args.output_dir
-        model_state = self.parallel.full_model_state(self.model)
-        if self.dist.is_main:
-            os.makedirs(output_dir, exist_ok=True)
-            ckpt.save_weights(self.model, Path(output_dir), self.args.save_safetensors,
-                              model_state)
-            Path(output_dir, ckpt.TRAINING_ARGS).write_text(self.args.to_json_string(),
-                                                            encoding="utf-8")
+        writes = writes_files(self.args, self.dist)
+        state = self.parallel.full_model_state(self.model, writes)
+        if writes:
+            save_model_folder(self.model, output_dir, state, self.args.save_safetensors,
+                              processing_to_save(self.processing_class, self.data_collator),
+                              self.args.to_json_string())
         self.dist.barrier()
 
     # ------------------------------------------------------------ evaluation
-    def evaluate(self, eval_dataset: Dataset | None = None,
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
                  metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Loss and ``compute_metrics`` over the evaluation set, logged."""
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        """Loss and ``compute_metrics`` over the evaluation set (each set of a dict,
+        its metrics prefixed ``eval_<name>_``), logged."""
+        override = eval_dataset is not None
+        dataset = eval_dataset if override else self.eval_dataset
+        if isinstance(dataset, dict):
+            metrics = {}
+            for name, part in dataset.items():
+                metrics.update(self.evaluate(part if override else name, ignore_keys,
+                                             f"{metric_key_prefix}_{name}"))
+            return metrics
+        if isinstance(dataset, str):
+            dataset = self.eval_dataset[dataset]
         if dataset is None:
             raise ValueError("Trainer.evaluate needs an eval_dataset")
-        _, _, metrics = self._evaluation_loop(dataset, metric_key_prefix)
-        metrics["epoch"] = self.state.epoch
-        self.log(metrics)
-        self._event("on_evaluate", metrics=metrics)
-        return metrics
+        self._memory.start("eval")
+        loader, real = self.loaders.eval(dataset)
+        output = self.evaluation_loop(loader, "Evaluation", prediction_loss_only=True if
+                                      self.compute_metrics is None else None,
+                                      ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix,
+                                      real_batches=real)
+        self.log(output.metrics)
+        self._event("on_evaluate", metrics=output.metrics)
+        self._memory.stop("eval", output.metrics)
+        return output.metrics
 
-    def predict(self, test_dataset: Dataset, metric_key_prefix: str = "test") -> PredictionOutput:
+    def predict(self, test_dataset: Any, ignore_keys: list[str] | None = None,
+                metric_key_prefix: str = "test") -> PredictionOutput:
         """Predictions, label ids and ``test_``-prefixed metrics (not logged)."""
-        predictions, labels, metrics = self._evaluation_loop(test_dataset, metric_key_prefix,
-                                                             keep_predictions=True)
-        self._event("on_predict", metrics=metrics)
-        return PredictionOutput(predictions, labels, metrics)
+        self._memory.start("test")
+        loader, real = self.loaders.eval(test_dataset, "test")
+        output = self.evaluation_loop(loader, "Prediction", ignore_keys=ignore_keys,
+                                      metric_key_prefix=metric_key_prefix, real_batches=real)
+        self._event("on_predict", metrics=output.metrics)
+        self._memory.stop("test", output.metrics)
+        return PredictionOutput(output.predictions, output.label_ids, output.metrics)
 
-    def prediction_step(self, model: nn.Module, inputs: dict[str, Any]):
-        """(loss or None, logits, labels or None) of one batch, without gradients."""
-        has_labels = all(inputs.get(name) is not None for name in self.label_names)
-        with torch.no_grad(), self._autocast():
+    def evaluation_loop(self, dataloader, description: str,
+                        prediction_loss_only: bool | None = None,
+                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval",
+                        real_batches: int | None = None) -> EvalOutput:
+        """One pass over ``dataloader`` in evaluation mode (model and schedule-free
+        optimizer); batches past ``real_batches`` only keep the ranks in step."""
+        args = self.args
+        settings = EvalSettings.of(
+            args, self.device, self.dist, self.model,
+            prediction_step=functools.partial(self.prediction_step, ignore_keys=ignore_keys),
+            on_prediction_step=lambda: self._event("on_prediction_step"),
+            compute_metrics=self.compute_metrics,
+            preprocess_logits_for_metrics=self.preprocess_logits_for_metrics)
+        self.callback_handler.eval_dataloader = dataloader
+        model, was_training = self.model, self.model.training
+        model.eval()
+        self._optimizer_mode("eval")
+        try:
+            return run_evaluation(model, dataloader, real_batches, settings,
+                                  args.prediction_loss_only if prediction_loss_only is None
+                                  else prediction_loss_only, metric_key_prefix)
+        finally:
+            model.train(was_training)
+            if self._in_train:
+                self._optimizer_mode("train")
+
+    def prediction_step(self, model: nn.Module, inputs: dict[str, Any],
+                        prediction_loss_only: bool = False, ignore_keys: list[str] | None = None):
+        """(loss or None, logits, labels or None) of one batch, without gradients;
+        the model's outputs but its loss and ``ignore_keys`` (default: the config's
+        keys_to_ignore_at_inference) are the logits."""
+        labels = labels_of(inputs, self.label_names)
+        has_labels = labels is not None
+        ignore_keys = inference_ignore_keys(self.model) if ignore_keys is None else ignore_keys
+        with torch.no_grad(), self.compute_loss_context_manager():
             if has_labels:
-                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
-                loss = loss.detach().float()
+                num_items = self._count_targets([inputs], across_ranks=False)
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True,
+                                                  num_items_in_batch=num_items)
+                loss = loss.detach().float().mean()
             else:
                 loss, outputs = None, model(**inputs)
-        labels = inputs.get(self.label_names[0]) if has_labels else None
-        return loss, logits_of(outputs), labels
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, logits_of(outputs, tuple(ignore_keys), has_loss=has_labels), labels
 
-    def _evaluation_loop(self, dataset: Dataset, prefix: str, keep_predictions: bool = False):
-        args = self.args
-        loader, real = build_eval_loader(dataset, args.per_device_eval_batch_size,
-                                         self.data_collator, args.dataloader_num_workers,
-                                         self.device, self.dist.world_size, self.dist.rank)
-        model = self.model
-        was_training = model.training
-        model.eval()
-        want = keep_predictions or self.compute_metrics is not None
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        counted = torch.zeros((), dtype=torch.float64, device=self.device)
-        predictions, labels = [], []
-        start = time.perf_counter()
-        for index, batch in enumerate(loader):
-            batch = to_device(batch, self.device)
-            loss, logits, label = self.prediction_step(model, batch)
-            if index >= real:  # run only to keep in step with the other ranks
-                continue
-            if loss is not None:  # a non-finite loss is left out, on the device
-                finite = torch.isfinite(loss)
-                size = batch_size_of(batch)
-                loss_sum += torch.where(finite, loss.double() * size, 0.0)
-                counted += finite.double() * size
-            if want:
-                predictions.append((index, to_numpy(logits)))
-                labels.append((index, to_numpy(label) if label is not None else None))
-        model.train(was_training)
-        self.dist.all_reduce_sum(loss_sum)
-        self.dist.all_reduce_sum(counted)
-        runtime = time.perf_counter() - start
-        predictions_all = labels_all = None
-        if want:
-            predictions_all, labels_all = gather_in_order(self.dist, predictions, labels)
-        metrics = self._eval_metrics(prefix, loss_sum, counted, predictions_all, labels_all)
-        metrics[f"{prefix}_runtime"] = runtime
-        metrics[f"{prefix}_samples_per_second"] = len(dataset) / max(runtime, 1e-9)
-        metrics[f"{prefix}_steps_per_second"] = (
-            math.ceil(len(dataset) / args.per_device_eval_batch_size) / max(runtime, 1e-9))
-        return predictions_all, labels_all, metrics
-
-    def _eval_metrics(self, prefix: str, loss_sum: torch.Tensor, counted: torch.Tensor,
-                      predictions: Any, labels: Any) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        if counted.item() > 0:
-            metrics[f"{prefix}_loss"] = float(loss_sum.item() / counted.item())
-        if self.compute_metrics is not None and predictions is not None:
-            extra = self.compute_metrics(EvalPrediction(predictions, labels))
-            for key, value in (extra or {}).items():
-                metrics[key if key.startswith(f"{prefix}_") else f"{prefix}_{key}"] = value
-        return metrics

@@ -1,7 +1,8 @@
 """Seeding, and the random states a checkpoint saves and restores.
 
-The states are plain lists, dicts and tensors, so a checkpoint loads them with
-``torch.load(weights_only=True)``, which cannot run code.
+The states are plain tuples, lists and tensors under Hugging Face's keys, so a
+checkpoint loads them with ``torch.load(weights_only=True)``, which cannot run
+code, and Hugging Face's Trainer reads them too.
 """
 from __future__ import annotations
 
@@ -23,33 +24,39 @@ def set_seed(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def get_rng_state() -> dict[str, Any]:
-    """Every generator's state, in types ``torch.load(weights_only=True)`` accepts."""
+def get_rng_state(distributed: bool = False) -> dict[str, Any]:
+    """Every generator's state under Hugging Face's keys (``python``, ``numpy``,
+    ``cpu``, ``cuda``: one device's state, or every device's under
+    torch.distributed), in plain types: tuples, lists of ints, tensors. Hugging
+    Face's Trainer reads it as its own; ``torch.load(weights_only=True)`` reads
+    it without allowing any class."""
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": (version, tuple(internal), gauss),
+        "numpy": (kind, keys.tolist(), int(pos), int(has_gauss), float(cached)),
         "cpu": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = (torch.cuda.get_rng_state_all() if distributed
+                         else torch.cuda.get_rng_state())
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restores what :func:`get_rng_state` returned."""
+    """Restores what :func:`get_rng_state` returned, or Hugging Face's file (whose
+    NumPy key is an array)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32),
-                         np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"]))
+    np.random.set_state(tuple(state["numpy"]))
     torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        cuda_states = state["cuda"]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-        else:
-            for index, cuda_state in enumerate(cuda_states[:torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(cuda_state, index)
+    cuda_states = state.get("cuda")
+    if cuda_states is None or not torch.cuda.is_available():
+        return
+    if isinstance(cuda_states, torch.Tensor):  # one device's (a single-process run)
+        torch.cuda.set_rng_state(cuda_states)
+    elif len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    else:
+        for index, cuda_state in enumerate(cuda_states[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
