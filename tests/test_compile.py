@@ -20,6 +20,7 @@ from torch import nn
 
 from pytrainer import ops
 from pytrainer.optim import FusedAdamW
+from tests.conftest import kernel_devices
 from tests.optim_db import KERNEL_OPTIMS, OPTIMS, one_per_class
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason="compiled kernels not available")
@@ -126,8 +127,8 @@ def _step_dtypes(info) -> list[torch.dtype]:
             and (info.kernels or info.reference_dtypes is None or d in info.reference_dtypes)]
 
 
-def _step_params(dtypes) -> list[nn.Parameter]:
-    return [nn.Parameter(torch.randn(shape).to(dtype)) for dtype in dtypes
+def _step_params(dtypes, device="cpu") -> list[nn.Parameter]:
+    return [nn.Parameter(torch.randn(shape, device=device).to(dtype)) for dtype in dtypes
             for shape in _STEP_SHAPES]
 
 
@@ -140,10 +141,18 @@ def torch_adamw_step_breaks() -> int:
     return _explain(_step, torch.optim.AdamW(params, foreach=True)).graph_break_count
 
 
-@pytest.mark.parametrize("info", OPTIMS, ids=[info.name for info in OPTIMS])
-def test_compiled_step_equals_eager(info, torch_adamw_step_breaks, fresh_dynamo):
+#: every optimizer on the CPU; one configuration per kernel on CUDA
+_STEP_CASES = ([pytest.param(info, "cpu", id=f"cpu-{info.name}") for info in OPTIMS]
+               + [pytest.param(info, "cuda", id=f"cuda-{info.name}", marks=pytest.mark.cuda)
+                  for info in one_per_class(KERNEL_OPTIMS)])
+
+
+@pytest.mark.parametrize("info, device", _STEP_CASES)
+def test_compiled_step_equals_eager(info, device, torch_adamw_step_breaks, fresh_dynamo):
+    if device not in kernel_devices():
+        pytest.skip("needs an NVIDIA GPU and pytrainer's CUDA kernels")
     dtypes = _step_dtypes(info)
-    eager_params = _step_params(dtypes)
+    eager_params = _step_params(dtypes, device)
     compiled_params = [nn.Parameter(p.detach().clone()) for p in eager_params]
     eager, compiled = info.make(eager_params), info.make(compiled_params)
     compiled_step = torch.compile(_step)
