@@ -6,7 +6,8 @@
   steps, for every optimizer of the database, with no more graph breaks than
   ``torch.optim.AdamW(foreach=True)`` in the same function and the kernel in the
   graph;
-- a compiled training step (forward, backward, step) of a small transformer.
+- a compiled training step (forward, backward, step) of a small transformer;
+- the Trainer's ``torch_compile`` with pytrainer's AdamW.
 
 torch.compile takes seconds per function on 2 cores: the tensors and the model
 are tiny, and dynamo's caches are reset around every test that compiles.
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pytrainer import ops
+from pytrainer.field_kinds import pending_fields
 from pytrainer.optim import FusedAdamW
 from tests.conftest import kernel_devices
 from tests.optim_db import KERNEL_OPTIMS, OPTIMS, one_per_class
@@ -262,3 +264,36 @@ def test_compiled_training_step(fresh_dynamo):
     for (name, p), q in zip(eager_model.named_parameters(), compiled_model.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
         assert compiled_opt.state[q]["step"].item() == len(batches)
+
+
+# ------------------------------------------------------- the Trainer's torch_compile
+
+
+@pytest.mark.skipif("torch_compile" in pending_fields(),
+                    reason="the Trainer's torch_compile is not implemented in this version")
+def test_trainer_torch_compile(tmp_path, fresh_dynamo):
+    """``TrainingArguments(torch_compile=True)`` with pytrainer's AdamW trains as
+    the eager run, with no graph break (the Trainer compiles the model; the step
+    stays on the eager path, around it)."""
+    from pytrainer import Trainer
+    from pytrainer.trainer import PaddingCollator
+    from tests.trainer_fixtures import TokenDataset, TokenModel, args
+
+    runs = {}
+    for compiled in (False, True):
+        model = TokenModel()
+        trainer = Trainer(model, args(tmp_path / str(compiled), optim="adamw_custom_fused",
+                                      torch_compile=compiled, per_device_train_batch_size=4,
+                                      max_steps=3, logging_steps=1),
+                          train_dataset=TokenDataset(12), data_collator=PaddingCollator())
+        trainer.train()
+        assert isinstance(trainer.optimizer, FusedAdamW)
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        runs[compiled] = losses, [p.detach().clone() for p in model.parameters()]
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert torch._dynamo.utils.counters["frames"]["ok"] > 0  # the model was compiled
+    (eager_losses, eager_params), (losses, params) = runs[False], runs[True]
+    assert len(losses) == 3
+    torch.testing.assert_close(losses, eager_losses, rtol=1e-5, atol=1e-6)
+    for p, q in zip(eager_params, params):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
