@@ -203,6 +203,31 @@ def test_compiled_step_uses_separate_states(fresh_dynamo):
         assert opt.state[p]["step"].item() == 3
 
 
+def _scaled_step(opt, grad_scale, found_inf):
+    opt.step_scaled(grad_scale, found_inf)
+
+
+def test_compiled_step_scaled(fresh_dynamo):
+    """step_scaled (the Trainer's clipping factor and inf/NaN flag, as tensors)
+    traces into the graph too: a taken step and a skipped one as in eager mode."""
+    eager_params = _step_params([torch.float32, torch.bfloat16])
+    compiled_params = [nn.Parameter(p.detach().clone()) for p in eager_params]
+    eager, compiled = FusedAdamW(eager_params, lr=1e-2), FusedAdamW(compiled_params, lr=1e-2)
+    compiled_step = torch.compile(_scaled_step, backend="aot_eager")
+    for found_inf in (0.0, 1.0, 0.0):
+        for p, q in zip(eager_params, compiled_params):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        scale, flag = torch.tensor([2.0]), torch.tensor([found_inf])
+        eager.step_scaled(scale, flag)
+        compiled_step(compiled, scale, flag)
+    for p, q in zip(eager_params, compiled_params):
+        torch.testing.assert_close(q, p, rtol=0, atol=0)
+        assert compiled.state[q]["step"].item() == 2
+    explanation = _explain(_scaled_step, compiled, scale, flag)
+    assert (explanation.graph_count, explanation.graph_break_count) == (1, 0)
+
+
 # ---------------------------------------------------------- a compiled training step
 
 
