@@ -100,7 +100,9 @@ def test_opcheck(info, variant, device, monkeypatch):
 
 @pytest.fixture
 def fresh_dynamo():
+    """Empty compile caches and counters (reset() keeps the counters)."""
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     yield
     torch._dynamo.reset()
 
