@@ -79,6 +79,15 @@ def cpu_isas() -> list[str]:
     return list(require().cpu_isas())
 
 
+def state_list_names(op: str) -> tuple[str, ...]:
+    """The state lists ``torch.ops.pytrainer.<op>`` takes, in its order: the
+    positional tensor lists between ``grads`` and ``state_steps``."""
+    require()
+    schema = getattr(torch.ops.pytrainer, op).default._schema
+    positional = [argument.name for argument in schema.arguments if not argument.kwarg_only]
+    return tuple(positional[2:-1])
+
+
 def check_device(device: torch.device, op: str) -> None:
     """Raises a clear error when ``op`` has no kernel for ``device``."""
     require()

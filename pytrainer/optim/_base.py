@@ -32,6 +32,16 @@ def local_tensor(tensor: Tensor | None) -> Tensor | None:
     return tensor
 
 
+#: each op's state lists by name, in the op's order (filled when an optimizer of
+#: the op is made or unpickled: the traced step reads it and cannot read schemas)
+_STATE_LIST_NAMES: dict[str, tuple[str, ...]] = {}
+
+
+def _note_state_lists(op_name: str) -> None:
+    if op_name not in _STATE_LIST_NAMES:
+        _STATE_LIST_NAMES[op_name] = ops.state_list_names(op_name)
+
+
 @dataclass(frozen=True)
 class State:
     """A per-parameter state tensor of an optimizer, created as zeros on the
@@ -74,11 +84,14 @@ class KernelOptimizer(torch.optim.Optimizer):
     _param_dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
     #: whether states of contiguous parameters are views of one buffer per state and dtype
     _pack_states = True
+    #: (grad_scale, found_inf) of step_scaled, during its step
+    _folded: tuple[Tensor | None, Tensor | None] | None = None
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         ops.require()
         super().__init__(params, defaults)
         self._track_state()
+        _note_state_lists(self._op_name)
 
     # ------------------------------------------------------------ what a subclass declares
 
@@ -101,7 +114,7 @@ class KernelOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        folded = self.__dict__.get("_folded")
+        folded = self._folded
         if folded is not None:  # step_scaled
             grad_scale, found_inf, write_back_grads = (*folded, False)
         else:  # GradScaler.step sets these around this call
@@ -130,17 +143,63 @@ class KernelOptimizer(torch.optim.Optimizer):
 
     def _step_group(self, group: dict[str, Any], first_index: int, grad_scale: Tensor | None,
                     found_inf: Tensor | None, write_back_grads: bool) -> None:
-        params, grads, lists, steps = self._init_group(group)
+        if torch.compiler.is_compiling():
+            # dynamo cannot trace the pybind entry: the op goes into the graph
+            kernel = getattr(torch.ops.pytrainer, self._op_name)
+            params, grads, lists, steps = self._traced_group_tensors(group)
+        else:
+            # pytrainer._C's typed entry of the op (csrc/python_entry.h)
+            kernel = getattr(ops.kernels, self._op_name)
+            params, grads, lists, steps = self._group_tensors(group)
         if not params:
             return
         device = params[0].device
         self._check_kernels(device)
         lr, lr_tensor = self._lr_args(group["lr"])
-        # the one call of the kernels: pytrainer._C's typed entry of the op (csrc/python_entry.h)
-        getattr(ops.kernels, self._op_name)(
-            params=params, grads=grads, **lists, state_steps=steps, lr=lr, lr_tensor=lr_tensor,
-            grad_scale=self._on(grad_scale, device), found_inf=self._on(found_inf, device),
-            write_back_grads=write_back_grads, **self._kernel_args(group, first_index))
+        # the one call of the kernels
+        kernel(params=params, grads=grads, **lists, state_steps=steps, lr=lr, lr_tensor=lr_tensor,
+               grad_scale=self._on(grad_scale, device), found_inf=self._on(found_inf, device),
+               write_back_grads=write_back_grads, **self._kernel_args(group, first_index))
+
+    def _traced_group_tensors(self, group: dict[str, Any]
+                              ) -> tuple[list[Tensor], list[Tensor], dict[str, list[Tensor]],
+                                         list[Tensor]]:
+        """:meth:`_group_tensors` as ``torch.compile`` traces it, by torch.optim's
+        protocol: dynamo runs ``_init_group`` untraced (the state cache and its
+        tracked dicts stay out of the trace) and guards on the tensors it appends
+        to the lists."""
+        names = _STATE_LIST_NAMES[self._op_name]
+        params, grads, steps = [], [], []
+        lists = [[] for _ in names]
+        self._init_group(group, params, grads, steps, *lists)
+        return params, grads, dict(zip(names, lists)), steps
+
+    def _init_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
+                    steps: list[Tensor], *state_lists: list[Tensor]) -> None:
+        """torch.optim's ``_init_group`` protocol (what dynamo runs untraced):
+        appends the group's tensors of :meth:`_group_tensors` to the given lists,
+        the state lists in the op's order.
+
+        The states are separate tensors here, not views of one buffer: the
+        compiled graph would copy aliased inputs that the op mutates (in and out,
+        on every step)."""
+        self._unpack_states(group)
+        found_params, found_grads, lists, found_steps = self._group_tensors(group, pack=False)
+        if found_params:
+            self._check_kernels(found_params[0].device)
+        params.extend(found_params)
+        grads.extend(found_grads)
+        steps.extend(found_steps)
+        for out, name in zip(state_lists, _STATE_LIST_NAMES[self._op_name], strict=True):
+            out.extend(lists[name])
+
+    def _unpack_states(self, group: dict[str, Any]) -> None:
+        """Replaces the group's states that are views of a shared buffer by copies of their own."""
+        for p in group["params"]:
+            state = self.state.get(p)
+            for key, value in (state or {}).items():
+                if isinstance(value, Tensor) and value._base is not None:
+                    state[key] = value.clone()
 
     @staticmethod
     def _lr_args(lr: float | Tensor | None) -> tuple[float, Tensor | None]:
@@ -167,8 +226,8 @@ class KernelOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------------ the states
 
-    def _init_group(self, group: dict[str, Any]
-                    ) -> tuple[list[Tensor], list[Tensor], dict[str, list[Tensor]], list[Tensor]]:
+    def _group_tensors(self, group: dict[str, Any], pack: bool = True
+                       ) -> tuple[list[Tensor], list[Tensor], dict[str, list[Tensor]], list[Tensor]]:
         """The group's parameters that have a gradient, their gradients, the
         kernel's state lists (by argument name; states created as zeros where
         missing) and the float32 ``step`` counts; FSDP2 DTensors as their shards.
@@ -192,7 +251,7 @@ class KernelOptimizer(torch.optim.Optimizer):
                 params.append(p)
                 grads.append(p.grad)
                 states.append(self.state[p])
-        self._create_states(params, states, rules)
+        self._create_states(params, states, rules, pack=pack and self._pack_states)
         lists = {name: self._state_list(rule, params, states) for name, rule in rules.items()}
         steps = [state["step"] for state in states]
         if params and _DTensor is not None and isinstance(params[0], _DTensor):
@@ -224,10 +283,10 @@ class KernelOptimizer(torch.optim.Optimizer):
         return cache[device]
 
     def _create_states(self, params: list[Tensor], states: list[dict[str, Any]],
-                       rules: dict[str, StateList]) -> None:
+                       rules: dict[str, StateList], pack: bool) -> None:
         """A zero ``step`` for new parameters and a zero tensor for each missing state.
 
-        With ``_pack_states``, the states shaped like contiguous parameters are
+        With ``pack``, the states shaped like contiguous parameters are
         views of one buffer per state and (device, dtype): the kernels then stream
         each state through memory in one piece (separately allocated small states
         cost a third of the time of a step over thousands of tensors on the CPU),
@@ -245,7 +304,7 @@ class KernelOptimizer(torch.optim.Optimizer):
             dtype = own.dtype or p.dtype
             if own.shape is not None:
                 state[own.key] = torch.zeros(own.shape(p), dtype=dtype, device=p.device)
-            elif self._pack_states and p.is_contiguous() and p.numel() > 0 and not (
+            elif pack and p.is_contiguous() and p.numel() > 0 and not (
                     _DTensor is not None and isinstance(p, _DTensor)):
                 pending.setdefault((own.key, p.device, dtype), []).append((p, state))
             else:
@@ -270,6 +329,7 @@ class KernelOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._track_state()
+        _note_state_lists(self._op_name)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         params = param_group["params"]
