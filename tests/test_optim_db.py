@@ -70,6 +70,20 @@ def test_sparse_grads_are_refused_with_a_clear_message(device, info):
         opt.step()
 
 
+@optims(one_per_class(KERNEL_OPTIMS))
+def test_a_param_repeated_in_a_group_is_refused_naming_group_and_indices(device, info):
+    """torch.optim only warns; the kernels would update the tensor twice at once."""
+    a, b = (torch.nn.Parameter(torch.randn(5, 3, device=device)) for _ in range(2))
+    with pytest.raises(ValueError, match=r"param group 0 lists the same tensor twice, at "
+                                         r"params\[1\] and params\[3\] \(shape \(5, 3\)\)"):
+        info.make([a, b, torch.nn.Parameter(torch.randn(2, device=device)), b])
+    opt = info.make([a])
+    with pytest.raises(ValueError, match=r"param group 1 lists the same tensor twice, at "
+                                         r"params\[0\] and params\[1\]"):
+        opt.add_param_group({"params": [b, b]})
+    assert len(opt.param_groups) == 1
+
+
 @pytest.mark.cuda
 @optims(one_per_class(KERNEL_OPTIMS))
 def test_params_on_two_devices_in_one_group_are_refused(info):

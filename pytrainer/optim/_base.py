@@ -16,7 +16,7 @@ from torch import Tensor
 
 from pytrainer import ops
 from pytrainer.optim._state_cache import (GroupCache, TrackedStateMap, Version, grads_or_none)
-from pytrainer.optim._validation import check_param_dtypes
+from pytrainer.optim._validation import check_param_dtypes, check_unique_params
 
 
 try:  # FSDP2 parameters are DTensors; the kernels update their local shards
@@ -50,6 +50,35 @@ class State:
 #: float32 tensor in its place; or None for an empty list (a state the group's
 #: options turn off). Functions must be module-level (their identity keys the cache).
 StateList = Union[State, Callable[[Tensor], Union[State, None]], None]
+
+
+#: Where each packed state view starts: a multiple of 128 bytes (a GPU cache line,
+#: a multiple of every vector width) from an aligned base, so no view is misaligned
+#: by the sizes of the views before it (the kernels fall back to element-wise
+#: loads and partial stores on a misaligned tensor).
+STATE_ALIGNMENT = 128
+
+
+def _aligned_views(sizes: list[int], dtype: torch.dtype, device: torch.device) -> list[Tensor]:
+    """Zero 1-d tensors of ``sizes`` elements, views of one buffer, each starting
+    ``STATE_ALIGNMENT``-aligned. One view is a buffer of exactly its size; several
+    cost less than ``STATE_ALIGNMENT`` bytes of padding each (and as much again to
+    align the buffer where the allocator does not)."""
+    if len(sizes) == 1:
+        return [torch.zeros(sizes[0], dtype=dtype, device=device)]
+    step = max(1, STATE_ALIGNMENT // torch.empty((), dtype=dtype).element_size())
+    starts, end = [], 0
+    for n in sizes:
+        start = -(-end // step) * step
+        starts.append(start)
+        end = start + n
+    buffer = torch.zeros(end, dtype=dtype, device=device)
+    shift = 0
+    misaligned = buffer.data_ptr() % STATE_ALIGNMENT
+    if misaligned:  # CUDA's allocator aligns to 512 bytes; the CPU's to 64
+        buffer = torch.zeros(end + step - 1, dtype=dtype, device=device)
+        shift = (-buffer.data_ptr() % STATE_ALIGNMENT) // buffer.element_size()
+    return [buffer[shift + start:shift + start + n] for start, n in zip(starts, sizes)]
 
 
 def _state_of(rule: StateList, param: Tensor) -> State | None:
@@ -252,11 +281,9 @@ class KernelOptimizer(torch.optim.Optimizer):
                 state[own.key] = torch.zeros_like(p, dtype=dtype,
                                                   memory_format=torch.preserve_format)
         for (name, device, dtype), members in pending.items():
-            buffer = torch.zeros(sum(p.numel() for p, _ in members), dtype=dtype, device=device)
-            offset = 0
-            for p, state in members:
-                state[name] = buffer[offset:offset + p.numel()].view(p.shape)
-                offset += p.numel()
+            for (p, state), view in zip(members, _aligned_views(
+                    [p.numel() for p, _ in members], dtype, device)):
+                state[name] = view.view(p.shape)
 
     def _track_state(self) -> None:
         """Makes ``self.state`` count its changes (see _state_cache)."""
@@ -275,6 +302,7 @@ class KernelOptimizer(torch.optim.Optimizer):
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         check_param_dtypes(type(self).__name__, params, self._param_dtypes)
+        check_unique_params(type(self).__name__, len(self.param_groups), params)
         super().add_param_group(param_group)
         if "_version" in self.__dict__:
             self._version.bump()
