@@ -9,8 +9,8 @@ bytes). Prints one table row per kernel and architecture (demangled name,
 registers, barriers, static shared memory, stack frame, spill stores and loads),
 then the problems found, and exits
 
-- 0 when no kernel spills and only the kernels of ``ALLOWED_STACK`` have a stack
-  frame (a stack frame means local memory: arrays indexed at run time, calls
+- 0 when no kernel spills (beyond the bounded, explained ``ALLOWED_SPILLS``)
+  and only the kernels of ``ALLOWED_STACK`` have a stack frame (a stack frame means local memory: arrays indexed at run time, calls
   that were not inlined, or spills);
 - 1 when a kernel spills, has an unexpected stack frame, or when the log holds
   no kernel at all (a build without ``-Xptxas -v``, or not a build log);
@@ -29,9 +29,23 @@ import sys
 from dataclasses import dataclass, field
 
 #: Kernels allowed a stack frame (no spills), by a regular expression on the
-#: demangled name, with the reason. Empty: every kernel keeps its values in
+#: demangled name without our namespaces (``plain``), with the reason. Empty: every kernel keeps its values in
 #: registers.
 ALLOWED_STACK: dict[str, str] = {}
+
+#: Known spills, each bounded (bytes stored, and as many loaded) and with its
+#: reason: a spill beyond its bound, or in any other kernel, fails the check.
+#: Every entry is a debt to pay back, not a permission.
+ALLOWED_SPILLS: dict[str, tuple[int, str]] = {
+    r"sums_kernel<(__half|__nv_bfloat16)>": (
+        12, "Adafactor's pass 1 on 16-bit params: 12 bytes at 64 registers, found when CI "
+            "first read the report; issue 12 items 1-2 rewrite this kernel (taller tiles, "
+            "threads over several rows): remove the entry then"),
+    r"AnyPrecisionFunctor<[^,]+, [02], RuntimeDtype, RuntimeDtype, RuntimeDtype>": (
+        20, "AnyPrecisionAdamW's fallback for state dtypes outside the configurations "
+            "compiled with fixed dtypes (csrc/cuda/anyprecision.cu): a dtype branch in every "
+            "load, store and rounding; the fixed configurations have no spill"),
+}
 
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for '([^']+)'")
 _PROPERTIES = re.compile(r"Function properties for (\S+)")
@@ -104,24 +118,36 @@ def demangle(names: list[str]) -> list[str]:
     return out if len(out) == len(names) else list(names)
 
 
-def short(name: str, width: int = 110) -> str:
-    """The name without the namespaces' noise, cut to ``width`` characters."""
+def plain(name: str) -> str:
+    """The name without its return type and our namespaces (what the allow-lists match)."""
     name = name.removeprefix("void ")  # every kernel's return type
-    name = name.replace("pytrainer::cuda::", "").replace("(anonymous namespace)::", "")
+    return name.replace("pytrainer::cuda::", "").replace("(anonymous namespace)::", "")
+
+
+def short(name: str, width: int = 110) -> str:
+    """The plain name cut to ``width`` characters."""
+    name = plain(name)
     return name if len(name) <= width else name[:width - 3] + "..."
 
 
-def problems(kernels: list[Kernel], allowed: dict[str, str] = ALLOWED_STACK) -> list[str]:
+def allowed_spill(kernel: Kernel, spills: dict[str, tuple[int, str]]) -> bool:
+    return any(re.search(pattern, plain(kernel.name)) and max(kernel.spill_stores, kernel.spill_loads)
+               <= bound for pattern, (bound, _) in spills.items())
+
+
+def problems(kernels: list[Kernel], allowed: dict[str, str] = ALLOWED_STACK,
+             spills: dict[str, tuple[int, str]] = ALLOWED_SPILLS) -> list[str]:
     found = []
     if not kernels:
         found.append("no kernel in the log: build with PYTRAINER_PTXAS_VERBOSE=1 (nvcc -Xptxas -v) "
                      "and pass the build's full output")
     for k in kernels:
         where = f"{short(k.name)} ({k.arch})"
-        if k.spill_stores or k.spill_loads:
+        if (k.spill_stores or k.spill_loads) and not allowed_spill(k, spills):
             found.append(f"{where} spills: {k.spill_stores} bytes stored, {k.spill_loads} "
                          "bytes loaded")
-        elif k.stack and not any(re.search(pattern, k.name) for pattern in allowed):
+        elif k.stack and not (k.spill_stores or k.spill_loads) and not any(
+                re.search(pattern, plain(k.name)) for pattern in allowed):
             found.append(f"{where} has a {k.stack}-byte stack frame (local memory); if it must, "
                          "add it to ALLOWED_STACK in benchmarks/ptxas_report.py with the reason")
         if k.registers is None:
@@ -156,10 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     found = problems(kernels)
     for line in found:
         print(f"PROBLEM: {line}")
+    for k in kernels:
+        if (k.spill_stores or k.spill_loads) and allowed_spill(k, ALLOWED_SPILLS):
+            reason = next((why for pattern, (_, why) in ALLOWED_SPILLS.items()
+                           if re.search(pattern, plain(k.name))), "")
+            print(f"known spill: {short(k.name)} ({k.arch}): {k.spill_stores} bytes; {reason}")
     if not found:
-        allowed = [k for k in kernels if k.stack]
-        print("ok: no spills" + (f"; stack frames allowed for {len(allowed)} kernels"
-                                 if allowed else ", no stack frames"))
+        framed = [k for k in kernels if k.stack]
+        print("ok: no spills beyond the known ones" +
+              (f"; stack frames in {len(framed)} kernels, allowed" if framed else
+               ", no stack frames"))
     return 1 if found else 0
 
 

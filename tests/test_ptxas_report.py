@@ -91,3 +91,15 @@ def test_a_log_without_kernels_fails(tmp_path):
     assert result.returncode == 1 and "no kernel in the log" in result.stdout
     assert subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "missing.log")],
                           capture_output=True, timeout=60).returncode == 2
+
+
+def test_a_known_spill_passes_only_within_its_bound():
+    spilling = LOG.replace(f"Function properties for {SUMS}\n    0 bytes stack frame, 0 bytes "
+                           "spill stores, 0 bytes spill loads",
+                           f"Function properties for {SUMS}\n    16 bytes stack frame, 12 bytes "
+                           "spill stores, 12 bytes spill loads")
+    kernels = [k for k in report.parse(spilling) if k.arch == "sm_90"]
+    assert max(k.spill_stores for k in kernels) == 12
+    assert report.problems(kernels, spills={r"sums_kernel<c10::BFloat16>": (12, "why")}) == []
+    assert report.problems(kernels, spills={r"sums_kernel<c10::BFloat16>": (8, "why")})
+    assert report.problems(kernels, spills={})
