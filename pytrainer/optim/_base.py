@@ -8,6 +8,7 @@ the base class does the rest, as torch.optim's ``_init_group`` does for its
 optimizers."""
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -79,6 +80,25 @@ def _aligned_views(sizes: list[int], dtype: torch.dtype, device: torch.device) -
         buffer = torch.zeros(end + step - 1, dtype=dtype, device=device)
         shift = (-buffer.data_ptr() % STATE_ALIGNMENT) // buffer.element_size()
     return [buffer[shift + start:shift + start + n] for start, n in zip(starts, sizes)]
+
+
+class _TableSlots:
+    """The table slots of one optimizer's groups, by group identity."""
+
+    def __init__(self) -> None:
+        self._slots: dict[int, int] = {}
+
+    def of(self, group: dict[str, Any]) -> int:
+        slot = self._slots.get(id(group))
+        if slot is None:
+            slot = self._slots[id(group)] = ops.kernels.new_table_slot()
+        return slot
+
+    def release(self) -> None:
+        for slot in self._slots.values():
+            if ops.kernels is not None:
+                ops.kernels.release_table_slot(slot)
+        self._slots.clear()
 
 
 def _state_of(rule: StateList, param: Tensor) -> State | None:
@@ -169,7 +189,20 @@ class KernelOptimizer(torch.optim.Optimizer):
         getattr(ops.kernels, self._op_name)(
             params=params, grads=grads, **lists, state_steps=steps, lr=lr, lr_tensor=lr_tensor,
             grad_scale=self._on(grad_scale, device), found_inf=self._on(found_inf, device),
-            write_back_grads=write_back_grads, **self._kernel_args(group, first_index))
+            write_back_grads=write_back_grads, table_slot=self._table_slot(group),
+            **self._kernel_args(group, first_index))
+
+    def _table_slot(self, group: dict[str, Any]) -> int:
+        """The group's table slot (csrc/table_slots.h): where the CUDA kernels keep
+        the group's device tables between steps, rebuilt only when a tensor of the
+        group moved or changed size. Taken on the group's first step, freed with
+        the optimizer; not part of the optimizer's pickled or saved state."""
+        slots = self.__dict__.get("_table_slots")
+        if slots is None:
+            slots = self._table_slots = _TableSlots()
+            # not at exit: the process frees everything, and the CUDA runtime may be gone
+            weakref.finalize(self, slots.release).atexit = False
+        return slots.of(group)
 
     @staticmethod
     def _lr_args(lr: float | Tensor | None) -> tuple[float, Tensor | None]:
