@@ -36,6 +36,9 @@ ROOT = Path(__file__).resolve().parent
 DEPENDENCIES = ["safetensors>=0.4", "tqdm>=4.60", "numpy"]
 #: The torch an sdist asks for; a wheel asks for the release it was built against.
 TORCH_ANY = "torch>=2.4"
+#: Editable installs (PEP 660) need setuptools 64.
+MIN_SETUPTOOLS = 64
+LICENSE = "Apache-2.0"
 #: The setup.py commands that compile the kernels or write a wheel's metadata, and so
 #: need the user's torch; making the sdist (and pip's "getting requirements",
 #: egg_info) does not.
@@ -302,14 +305,23 @@ def kernels_extension(torch, plan, build_info):
 
 
 def check_setuptools():
-    """pyproject.toml's SPDX license needs setuptools 77; older ones fail on it with a
-    schema error that does not say so. A build without isolation uses the user's."""
+    """A build without isolation uses the user's setuptools; editable installs
+    (pip install -e, PEP 660) need 64, and older ones fail without saying so."""
     import setuptools
     major = int(re.match(r"\d+", setuptools.__version__).group())
-    if major < 77:
-        raise SystemExit(f"pytrainer: building needs setuptools>=77; this environment has "
-                         f"setuptools {setuptools.__version__}. Run pip install -U 'setuptools>=77' "
-                         "and build again.")
+    if major < MIN_SETUPTOOLS:
+        raise SystemExit(f"pytrainer: building needs setuptools>={MIN_SETUPTOOLS}; this "
+                         f"environment has setuptools {setuptools.__version__}. Run "
+                         f"pip install -U 'setuptools>={MIN_SETUPTOOLS}' and build again.")
+
+
+def license_metadata():
+    """An SPDX License-Expression (PEP 639) where setuptools writes one (77+), the
+    older License field otherwise."""
+    import setuptools
+    if int(re.match(r"\d+", setuptools.__version__).group()) >= 77:
+        return {"license_expression": LICENSE}
+    return {"license": LICENSE}
 
 
 def main():
@@ -325,7 +337,8 @@ def main():
         ext_modules, cmdclass = kernels_extension(torch, make_plan(torch), build_info)
         torch_requirement = build_info.torch_requirement(str(torch.__version__))
     setup(ext_modules=ext_modules, cmdclass=cmdclass,
-          install_requires=[torch_requirement, *DEPENDENCIES])
+          install_requires=[torch_requirement, *DEPENDENCIES],
+          license_files=["LICENSE"], **license_metadata())
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ PIP=("$WORK/venv/bin/python" -m pip --disable-pip-version-check)
 # the build requirements of pyproject.toml.
 step=$(date +%s)
 "${PIP[@]}" install -q "$SMOKE_TORCH"
-"${PIP[@]}" install -q "setuptools>=77" wheel ninja pybind11
+"${PIP[@]}" install -q "setuptools>=64" wheel ninja pybind11
 echo "sdist-smoke: installed $SMOKE_TORCH and the build requirements ($(since "$step"))"
 step=$(date +%s)
 PYTRAINER_CUDA=0 "${PIP[@]}" install -q --no-build-isolation --no-cache-dir \

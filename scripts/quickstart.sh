@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's first command: set everything up, then run the main job (a
-# two-minute training run of a byte-level GPT on text every Python carries).
+# training run of a few minutes of a byte-level GPT on text every Python carries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # CUDA kernels that no GPU here can run would take most of the setup time on a
