@@ -48,15 +48,56 @@ def llama_shapes(hidden: int, intermediate: int, vocab: int, layers: int = 16):
     return shapes
 
 
+def gpt2_shapes(layers: int = 12, hidden: int = 768, vocab: int = 50257, positions: int = 1024):
+    """GPT-2's parameters as Hugging Face's GPT2LMHeadModel holds them (the LM head
+    tied to the token embedding): 148 tensors, 124.4 M params for GPT-2 small."""
+    shapes = [(vocab, hidden), (positions, hidden)]
+    for _ in range(layers):
+        shapes += [(hidden,), (hidden,),                        # ln_1
+                   (hidden, 3 * hidden), (3 * hidden,),         # attn.c_attn (Conv1D)
+                   (hidden, hidden), (hidden,),                 # attn.c_proj
+                   (hidden,), (hidden,),                        # ln_2
+                   (hidden, 4 * hidden), (4 * hidden,),         # mlp.c_fc
+                   (4 * hidden, hidden), (hidden,)]             # mlp.c_proj
+    return shapes + [(hidden,), (hidden,)]                      # ln_f
+
+
+def resnet50_shapes(width: int = 64, blocks=(3, 4, 6, 3), classes: int = 1000):
+    """ResNet-50's parameters as torchvision holds them: conv weights [O, I, kh, kw]
+    (3x3 and 1x1 in the bottlenecks, the 7x7 stem), batch-norm weights and biases,
+    the classifier: 161 tensors, 25.6 M params."""
+    shapes = [(width, 3, 7, 7), (width,), (width,)]
+    channels = width
+    for stage, count in enumerate(blocks):
+        inner = width * 2**stage
+        for block in range(count):
+            shapes += [(inner, channels, 1, 1), (inner,), (inner,),
+                       (inner, inner, 3, 3), (inner,), (inner,),
+                       (4 * inner, inner, 1, 1), (4 * inner,), (4 * inner,)]
+            if block == 0:  # the projection shortcut
+                shapes += [(4 * inner, channels, 1, 1), (4 * inner,), (4 * inner,)]
+            channels = 4 * inner
+    return shapes + [(classes, channels), (classes,)]
+
+
+#: the sets shaped like real models, where the slow per-tensor anchors are left out
+MODEL_SETS = ("gpt2", "resnet50")
+
+
 def param_sets(device: str, quick: bool) -> dict[str, list[tuple[int, ...]]]:
     if device == "cuda":
         llama = llama_shapes(2048, 8192, 32000)  # 1.139 B params
+        gpt2 = gpt2_shapes()  # GPT-2 small, 124.4 M params
     else:
         # the same proportions scaled to about 50 M params: large enough to leave the caches
         llama = llama_shapes(432, 1728, 6750)
-    sets = {"llama": llama, "4000x4096": [(4096,)] * 4000}
+        gpt2 = gpt2_shapes(layers=2)  # its real shapes and embedding, 2 of 12 layers: 53 M
+    sets = {"llama": llama, "4000x4096": [(4096,)] * 4000, "gpt2": gpt2,
+            "resnet50": resnet50_shapes()}
     if quick:
-        sets = {"llama": llama_shapes(128, 512, 2000, layers=4), "400x256": [(256,)] * 400}
+        sets = {"llama": llama_shapes(128, 512, 2000, layers=4), "400x256": [(256,)] * 400,
+                "gpt2": gpt2_shapes(layers=1, hidden=64, vocab=500, positions=64),
+                "resnet50": resnet50_shapes(width=4, blocks=(1, 1, 1, 1), classes=10)}
     return sets
 
 
@@ -159,6 +200,11 @@ def make_params(shapes, dtype, device, seed=0):
     return params
 
 
+def is_slow(cand: Candidate) -> bool:
+    """A per-tensor anchor (a Python loop over the tensors)."""
+    return "for-loop" in cand.name or "torchdistx" in cand.name
+
+
 def bench_set(device, dtype, shapes, candidates, rounds, steps_per_round, timer, copy,
               twins=()):
     """Median step time per candidate (and of the copy) over interleaved rounds.
@@ -180,8 +226,7 @@ def bench_set(device, dtype, shapes, candidates, rounds, steps_per_round, timer,
     for _ in range(rounds):
         copy_times.append(timer(copy_fn, 3))
         for cand, opt in runs:
-            slow = "for-loop" in cand.name or "torchdistx" in cand.name
-            n = max(1, steps_per_round // 2) if slow else steps_per_round
+            n = max(1, steps_per_round // 2) if is_slow(cand) else steps_per_round
             times[cand.name].append(timer(opt.step, n))
     del runs
     if device == "cuda":
@@ -277,7 +322,8 @@ def main(argv=None):
     parser.add_argument("--devices", nargs="+", default=None,
                         help="cpu and/or cuda (default: cpu, plus cuda when available)")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    parser.add_argument("--sets", nargs="+", default=None, help="llama 4000x4096 1x16384000")
+    parser.add_argument("--sets", nargs="+", default=None,
+                        help="some of: llama 4000x4096 gpt2 resnet50 (default: all)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=3, help="steps per round and candidate")
     parser.add_argument("--out", default="bench_out")
@@ -297,8 +343,11 @@ def main(argv=None):
             for dtype_name in args.dtypes:
                 dtype = getattr(torch, dtype_name)
                 cands = candidates(dtype)
+                if set_name in MODEL_SETS:
+                    cands = [c for c in cands if not is_slow(c)]
                 # the many-tensor set: pytrainer and torch fused also on one tensor, same rounds
-                twins = cands[:2] if len(shapes) > 1000 or args.quick and set_name != "llama" else ()
+                twins = cands[:2] if len(shapes) > 1000 or args.quick and set_name not in (
+                    "llama", *MODEL_SETS) else ()
                 times, copy_times, copy_bytes = bench_set(
                     device, dtype, shapes, cands, args.rounds, args.steps, timer, copy, twins)
                 rows = summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, cands)

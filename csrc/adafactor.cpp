@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/adafactor_plan.h"
+#include "common/launch_plan.h"
 #include "op.h"
 
 namespace pytrainer {
@@ -165,12 +166,15 @@ std::vector<at::Tensor> pick(at::TensorList list, const std::vector<size_t>& ind
 }
 
 void step_cuda(const Lists& t, const AdafactorHyper& hyper, const cuda::CudaCall& call) {
+  size_t launch_index = 0;
   for (const auto& [dtype, indices] :
        cuda::split_by_dtype(t.params, {at::kFloat, at::kBFloat16, at::kHalf})) {
     const std::vector<at::Tensor> p = pick(t.params, indices), g = pick(t.grads, indices),
                                   m = pick(t.exp_avgs, indices), r = pick(t.row_states, indices),
                                   c = pick(t.col_states, indices), s = pick(t.state_steps, indices);
     const AdafactorPlan plan = plan_adafactor(p, g, m, r, c, s);
+    // checked against CUDA's limits before anything is allocated
+    const AdafactorLaunches launches = adafactor_launches(plan);
 
     // The table: entries, then the unit and batch maps.
     const int64_t entry_bytes = static_cast<int64_t>(plan.entries.size() * sizeof(AdafactorEntry));
@@ -191,9 +195,7 @@ void step_cuda(const Lists& t, const AdafactorHyper& hyper, const cuda::CudaCall
             }
           }
         },
-        call.device);
-    TORCH_CHECK(plan.units < INT32_MAX && plan.batches < INT32_MAX,
-                "pytrainer::adafactor_: too many work units in one call");
+        call.device, cuda::TablePlace{call.table_slot, launch_index++});
 
     const at::Tensor work = at::empty({std::max<int64_t>(plan.work_floats(), 1)},
                                       at::TensorOptions().dtype(at::kFloat).device(call.device));
@@ -209,7 +211,7 @@ void step_cuda(const Lists& t, const AdafactorHyper& hyper, const cuda::CudaCall
     launch.hyper.lr = call.ds.lr;
     launch.scalars = call.ds.scalars;
     launch.write_back_grads = call.write_back_grads;
-    C10_CUDA_CHECK(cuda::launch_adafactor(cuda::dtype_of(dtype), launch, call.stream));
+    C10_CUDA_CHECK(cuda::launch_adafactor(cuda::dtype_of(dtype), launch, launches, call.stream));
   }
 }
 #endif
@@ -219,8 +221,10 @@ void adafactor(at::TensorList params, at::TensorList grads, at::TensorList exp_a
                double lr, const OptTensor& lr_tensor, double eps1, double eps2,
                double clip_threshold, double decay_rate, std::optional<double> beta1,
                double weight_decay, bool scale_parameter, bool relative_step, bool warmup_init,
-               const OptTensor& grad_scale, const OptTensor& found_inf, bool write_back_grads) {
-  const StepArgs args{lr, lr_tensor, grad_scale, found_inf, write_back_grads};
+               const OptTensor& grad_scale, const OptTensor& found_inf, bool write_back_grads,
+               int64_t table_slot) {
+  const StepArgs args{lr, lr_tensor, grad_scale, found_inf, write_back_grads,
+                       table_slot};
   check_adafactor_args(params, grads, exp_avgs, row_states, col_states, state_steps,
                        beta1.has_value(), args);
   const Lists t{params, grads, exp_avgs, row_states, col_states, state_steps};
@@ -245,7 +249,7 @@ TORCH_LIBRARY_FRAGMENT(pytrainer, m) {
             "float lr, Tensor? lr_tensor, float eps1, float eps2, float clip_threshold, "
             "float decay_rate, float? beta1, float weight_decay, bool scale_parameter, "
             "bool relative_step, bool warmup_init, Tensor? grad_scale=None, "
-            "Tensor? found_inf=None, bool write_back_grads=False) -> ()",
+            "Tensor? found_inf=None, bool write_back_grads=False, int table_slot=-1) -> ()",
             &adafactor);
 }
 

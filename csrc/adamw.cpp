@@ -73,9 +73,11 @@ void adamw(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
            at::TensorList exp_avg_sqs, at::TensorList max_exp_avg_sqs,
            at::TensorList state_steps, double lr, const OptTensor& lr_tensor, double beta1,
            double beta2, double weight_decay, double eps, bool amsgrad, bool maximize,
-           const OptTensor& grad_scale, const OptTensor& found_inf, bool write_back_grads) {
+           const OptTensor& grad_scale, const OptTensor& found_inf, bool write_back_grads,
+           int64_t table_slot) {
   const Lists t{params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps};
-  const StepArgs args{lr, lr_tensor, grad_scale, found_inf, write_back_grads};
+  const StepArgs args{lr, lr_tensor, grad_scale, found_inf, write_back_grads,
+                       table_slot};
   check_args(t, amsgrad, args);
   const AdamWHyper hyper{beta1, beta2, weight_decay, eps, maximize};
 #if defined(PYTRAINER_WITH_CUDA)
@@ -94,7 +96,8 @@ TORCH_LIBRARY_FRAGMENT(pytrainer, m) {
             "Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] max_exp_avg_sqs, "
             "Tensor(f!)[] state_steps, *, float lr, Tensor? lr_tensor, float beta1, "
             "float beta2, float weight_decay, float eps, bool amsgrad, bool maximize, "
-            "Tensor? grad_scale=None, Tensor? found_inf=None, bool write_back_grads=False) -> ()",
+            "Tensor? grad_scale=None, Tensor? found_inf=None, bool write_back_grads=False, "
+            "int table_slot=-1) -> ()",
             &adamw);
 }
 

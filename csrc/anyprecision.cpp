@@ -104,11 +104,12 @@ void anyprecision_adamw(at::TensorList params, at::TensorList grads, at::TensorL
                         const OptTensor& lr_tensor, double beta1, double beta2,
                         double weight_decay, double eps, int64_t rounding, int64_t seed,
                         const OptTensor& grad_scale, const OptTensor& found_inf,
-                        bool write_back_grads) {
+                        bool write_back_grads, int64_t table_slot) {
   const Lists t{params, grads, exp_avgs, exp_avg_sqs, compensations, state_steps};
   const Settings s{AnyPrecisionHyper{beta1, beta2, weight_decay, eps}, rounding, seed,
                    rounding_ids};
-  const StepArgs args{lr, lr_tensor, grad_scale, found_inf, write_back_grads};
+  const StepArgs args{lr, lr_tensor, grad_scale, found_inf, write_back_grads,
+                       table_slot};
   check_args(t, s, args);
 #if defined(PYTRAINER_WITH_CUDA)
   if (params[0].is_cuda()) return step_cuda(t, s, cuda::CudaCall(params, args));
@@ -126,7 +127,8 @@ TORCH_LIBRARY_FRAGMENT(pytrainer, m) {
             "Tensor(c!)[] exp_avgs, Tensor(d!)[] exp_avg_sqs, Tensor(e!)[] compensations, "
             "Tensor(f!)[] state_steps, *, int[] rounding_ids, float lr, Tensor? lr_tensor, "
             "float beta1, float beta2, float weight_decay, float eps, int rounding, int seed, "
-            "Tensor? grad_scale=None, Tensor? found_inf=None, bool write_back_grads=False) -> ()",
+            "Tensor? grad_scale=None, Tensor? found_inf=None, bool write_back_grads=False, "
+            "int table_slot=-1) -> ()",
             &anyprecision_adamw);
 }
 

@@ -4,7 +4,9 @@
 #
 #   TORCH_SPEC   the torch to install when .venv has none (default torch==2.14.1,
 #                a CUDA 13.0 build, so the CUDA kernels compile even without a GPU)
-#   PYTRAINER_CUDA, TORCH_CUDA_ARCH_LIST, MAX_JOBS   see setup.py
+#   PYTRAINER_CUDA, TORCH_CUDA_ARCH_LIST, MAX_JOBS, PYTRAINER_PTXAS_VERBOSE   see setup.py
+#   PYTRAINER_BUILD_LOG   write the build's full output (compiler reports included)
+#                         to this file instead of hiding it (CI reads ptxas's there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -24,6 +26,13 @@ fi
 "$VENV/bin/python" setup.py plan
 start=$(date +%s)
 # No build isolation: the kernels must be compiled against the torch above.
-PYTRAINER_BUILD_NOTICE=0 "${PIP[@]}" install -q --no-build-isolation --no-deps -e .
+if [ -n "${PYTRAINER_BUILD_LOG:-}" ]; then
+    mkdir -p "$(dirname "$PYTRAINER_BUILD_LOG")"
+    PYTRAINER_BUILD_NOTICE=0 "${PIP[@]}" install -v --no-build-isolation --no-deps -e . \
+        > "$PYTRAINER_BUILD_LOG" 2>&1 ||
+        { tail -n 60 "$PYTRAINER_BUILD_LOG"; echo "setup: build failed (log: $PYTRAINER_BUILD_LOG)"; exit 1; }
+else
+    PYTRAINER_BUILD_NOTICE=0 "${PIP[@]}" install -q --no-build-isolation --no-deps -e .
+fi
 echo "setup: built in $(( $(date +%s) - start )) s"
 "$VENV/bin/python" -c "from pytrainer import ops; print('setup: kernels for', ', '.join(ops.device_types()), '| CPU:', ops.cpu_isa())"

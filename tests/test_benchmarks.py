@@ -36,6 +36,12 @@ def test_bench_optim_quick(tmp_path):
         if row["anchor"]:
             assert math.isfinite(row["speedup_vs_anchor"]) and row["speedup_vs_anchor"] > 0, row
     assert any("tensors take" in line for line in data["summary"])
+    # the model-shaped sets, for every optimizer, without the per-tensor anchors
+    for model in ("gpt2", "resnet50"):
+        ran = {r["optimizer"] for r in data["rows"] if r["set"] == model}
+        assert {"pytrainer FusedAdamW", "pytrainer AnyPrecision+Kahan",
+                "pytrainer Adafactor"} <= ran, (model, ran)
+        assert not any("for-loop" in name or "torchdistx" in name for name in ran), ran
     assert "pytrainer FusedAdamW" in out
     pytest.importorskip("matplotlib")
     assert (tmp_path / "bench_optim.png").stat().st_size > 0
@@ -55,3 +61,23 @@ def test_bench_accumulation_tiny(tmp_path):
     for row in rows:
         assert row["samples_per_second"] > 0 and row["steady_samples_per_second"] > 0, row
     assert all(r["pytrainer_over_hf"] > 0 for r in rows[1::2])
+
+
+def test_model_shaped_sets_are_the_real_models():
+    """bench_optim's GPT-2 small is transformers' GPT2LMHeadModel, parameter by
+    parameter (built on the meta device: no memory); its ResNet-50 has
+    torchvision's parameter count and conv shapes."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_optim
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    transformers = pytest.importorskip("transformers")
+    import torch
+    with torch.device("meta"):
+        gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config())
+    assert [tuple(p.shape) for p in gpt2.parameters()] == bench_optim.gpt2_shapes()
+    resnet = bench_optim.resnet50_shapes()
+    assert len(resnet) == 161 and sum(math.prod(s) for s in resnet) == 25_557_032
+    convs = [s for s in resnet if len(s) == 4]
+    assert len(convs) == 53 and convs[0] == (64, 3, 7, 7) and (512, 512, 3, 3) in convs

@@ -93,7 +93,7 @@ def _adamw_arguments():
                  exp_avg_sqs=[torch.zeros(3)], max_exp_avg_sqs=[], state_steps=[torch.zeros(())])
     rest = dict(lr=1e-3, lr_tensor=None, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
                 amsgrad=False, maximize=False, grad_scale=None, found_inf=None,
-                write_back_grads=False)
+                write_back_grads=False, table_slot=-1)
     return lists, rest
 
 

@@ -70,6 +70,42 @@ def test_sparse_grads_are_refused_with_a_clear_message(device, info):
         opt.step()
 
 
+@optims(one_per_class(KERNEL_OPTIMS))
+def test_a_param_repeated_in_a_group_is_refused_naming_group_and_indices(device, info):
+    """torch.optim only warns; the kernels would update the tensor twice at once."""
+    a, b = (torch.nn.Parameter(torch.randn(5, 3, device=device)) for _ in range(2))
+    with pytest.raises(ValueError, match=r"param group 0 lists the same tensor twice, at "
+                                         r"params\[1\] and params\[3\] \(shape \(5, 3\)\)"):
+        info.make([a, b, torch.nn.Parameter(torch.randn(2, device=device)), b])
+    opt = info.make([a])
+    with pytest.raises(ValueError, match=r"param group 1 lists the same tensor twice, at "
+                                         r"params\[0\] and params\[1\]"):
+        opt.add_param_group({"params": [b, b]})
+    assert len(opt.param_groups) == 1
+
+
+@optims(one_per_class(KERNEL_OPTIMS))
+def test_the_op_refuses_params_that_share_memory(device, info):
+    """The op's own check (direct calls, and aliasing views an optimizer cannot see)."""
+    base = torch.randn(40, device=device)
+    p, same, view = base[:20], base[:20], base[10:30]
+    for a, b, what in ((p, p, "are the same tensor"), (p, view, "share memory"),
+                       (p, same, "share memory")):
+        ps = [torch.randn(4, device=device), a, b]
+        opt2 = info.make([torch.nn.Parameter(t.clone()) for t in ps])
+        for q in opt2.param_groups[0]["params"]:
+            q.grad = torch.randn_like(q)
+        _, _, lists, steps = opt2._init_group(opt2.param_groups[0])
+        op = getattr(ops.kernels, opt2._op_name)
+        with pytest.raises(RuntimeError, match=rf"params\[1\] and params\[2\] {what}; each "
+                                               r"parameter must appear once"):
+            op(params=ps, grads=[torch.randn_like(t) for t in ps],
+               **{name: list(states) for name, states in lists.items()}, state_steps=steps,
+               lr=1e-3, lr_tensor=None, grad_scale=None, found_inf=None,
+               write_back_grads=False, table_slot=-1,
+               **opt2._kernel_args(opt2.param_groups[0], 0))
+
+
 @pytest.mark.cuda
 @optims(one_per_class(KERNEL_OPTIMS))
 def test_params_on_two_devices_in_one_group_are_refused(info):

@@ -122,3 +122,62 @@ def test_anyprecision_uses_the_cache_too():
     opt.state[params[0]]["compensation"] = torch.zeros(6, dtype=torch.bfloat16)
     opt.step()
     assert opt.state[params[0]]["step"].item() == 4
+
+
+# ------------------------------------------------------------------ table slots
+
+
+def _one_per_class():
+    seen, chosen = set(), []
+    for info in KERNEL_OPTIMS:
+        if info.cls not in seen:
+            seen.add(info.cls)
+            chosen.append(info)
+    return chosen
+
+
+@pytest.mark.parametrize("info", _one_per_class(), ids=repr)
+def test_each_group_keeps_one_table_slot_freed_with_the_optimizer(info):
+    """A group's device tables live in its own slot (csrc/table_slots.h), taken
+    on its first step and kept across steps, so no number of groups makes steps
+    rebuild tables; the slots are freed with the optimizer and never saved."""
+    import gc
+    C = ops.require()
+    gc.collect()
+    before = C.live_table_slots()
+    groups = [{"params": [torch.nn.Parameter(torch.randn(4, 3))]} for _ in range(48)]
+    for group in groups:
+        group["params"][0].grad = torch.randn(4, 3)
+    opt = info.make(groups)
+    assert C.live_table_slots() == before  # nothing before the first step
+    opt.step()
+    slots = [opt._table_slot(group) for group in opt.param_groups]
+    assert len(set(slots)) == 48 and C.live_table_slots() == before + 48
+    opt.step()
+    assert [opt._table_slot(group) for group in opt.param_groups] == slots
+    assert C.live_table_slots() == before + 48
+    again = pickle.loads(pickle.dumps(opt))  # a copy takes slots of its own
+    assert "_table_slots" not in again.__dict__
+    del again
+    del opt
+    gc.collect()
+    assert C.live_table_slots() == before
+
+
+def test_a_released_or_unknown_table_slot_is_refused():
+    C = ops.require()
+    slot = C.new_table_slot()
+    C.release_table_slot(slot)
+    p = torch.randn(3)
+    args = dict(params=[p], grads=[torch.randn(3)], exp_avgs=[torch.zeros(3)],
+                exp_avg_sqs=[torch.zeros(3)], max_exp_avg_sqs=[], state_steps=[torch.zeros(())],
+                lr=1e-3, lr_tensor=None, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
+                amsgrad=False, maximize=False, grad_scale=None, found_inf=None,
+                write_back_grads=False)
+    for bad in (slot, 10**12):
+        with pytest.raises(RuntimeError, match=rf"pytrainer::adamw_: table_slot={bad} is not a "
+                                               r"live slot; pass -1 \(no slot\)"):
+            C.adamw_(**args, table_slot=bad)
+    before = p.clone()
+    C.adamw_(**args, table_slot=-1)  # no slot
+    assert not torch.equal(p, before)

@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <vector>
+
 namespace pytrainer {
 namespace {
 
@@ -73,6 +75,45 @@ void check_adafactor_args(TensorList params, TensorList grads, TensorList exp_av
   check_steps_and_scalars(kOp, params, state_steps, args);
 }
 
+namespace {
+
+// The geometry and offsets of entry i, appended to `plan`.
+void place_entry(AdafactorPlan& plan, size_t i, const int64_t* sizes, int64_t dim,
+                 int64_t element_size) {
+  AdafactorEntry& e = plan.entries[i];
+  adafactor_geometry(e, sizes, dim, element_size);
+  e.index = static_cast<int32_t>(i);
+  e.first_unit = plan.units;
+  plan.units += e.units;
+  if (e.factored) {
+    e.first_batch = plan.batches;
+    plan.batches += e.batches;
+    e.row_partials = plan.row_partials;
+    plan.row_partials += e.batches * e.rows * e.col_tiles;
+    e.col_partials = plan.col_partials;
+    plan.col_partials += e.batches * e.row_tiles * e.cols;
+  }
+}
+
+}  // namespace
+
+AdafactorPlan plan_adafactor_shapes(const std::vector<std::vector<int64_t>>& shapes,
+                                    const std::vector<int64_t>& element_sizes) {
+  AdafactorPlan plan;
+  plan.entries.resize(shapes.size());
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    for (const int64_t size : shapes[i]) {
+      TORCH_CHECK(size >= 0, "plan_adafactor: shape ", i, " has a negative size");
+    }
+    TORCH_CHECK(element_sizes[i] == 2 || element_sizes[i] == 4, "plan_adafactor: element size ",
+                element_sizes[i], " of shape ", i, "; Adafactor takes 2- or 4-byte parameters");
+    plan.entries[i] = AdafactorEntry{};
+    place_entry(plan, i, shapes[i].data(), static_cast<int64_t>(shapes[i].size()),
+                element_sizes[i]);
+  }
+  return plan;
+}
+
 AdafactorPlan plan_adafactor(TensorList params, TensorList grads, TensorList exp_avgs,
                              TensorList row_states, TensorList col_states,
                              TensorList state_steps) {
@@ -88,18 +129,7 @@ AdafactorPlan plan_adafactor(TensorList params, TensorList grads, TensorList exp
     e.state_row = row_states[i].data_ptr<float>();
     e.state_col = col_states[i].numel() > 0 ? col_states[i].data_ptr<float>() : nullptr;
     e.step = state_steps[i].data_ptr<float>();
-    adafactor_geometry(e, p.sizes().data(), p.dim(), p.element_size());
-    e.index = static_cast<int32_t>(i);
-    e.first_unit = plan.units;
-    plan.units += e.units;
-    if (e.factored) {
-      e.first_batch = plan.batches;
-      plan.batches += e.batches;
-      e.row_partials = plan.row_partials;
-      plan.row_partials += e.batches * e.rows * e.col_tiles;
-      e.col_partials = plan.col_partials;
-      plan.col_partials += e.batches * e.row_tiles * e.cols;
-    }
+    place_entry(plan, i, p.sizes().data(), p.dim(), p.element_size());
   }
   return plan;
 }

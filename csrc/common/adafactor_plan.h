@@ -32,6 +32,11 @@ void check_adafactor_args(TensorList params, TensorList grads, TensorList exp_av
                           TensorList row_states, TensorList col_states, TensorList state_steps,
                           bool first_moment, const StepArgs& args);
 
+// The plan of parameters of these shapes and element sizes, without pointers
+// (what the launch plans and their tests need).
+AdafactorPlan plan_adafactor_shapes(const std::vector<std::vector<int64_t>>& shapes,
+                                    const std::vector<int64_t>& element_sizes);
+
 AdafactorPlan plan_adafactor(TensorList params, TensorList grads, TensorList exp_avgs,
                              TensorList row_states, TensorList col_states, TensorList state_steps);
 

@@ -2,7 +2,12 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
+#include <vector>
+
+#include "table_slots.h"
 
 namespace pytrainer {
 namespace {
@@ -19,6 +24,37 @@ bool same_layout(const at::Tensor& a, const at::Tensor& b) {
     if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
   }
   return true;
+}
+
+// No two params share memory (one tensor listed twice, or overlapping views):
+// two blocks or threads would update it at once, with a nondeterministic
+// result. Dense params span [data, data + nbytes); sorted by start, each must
+// end before the next begins.
+void check_disjoint(const char* op, TensorList params) {
+  struct Span {
+    uintptr_t begin, end;
+    size_t index;
+  };
+  std::vector<Span> spans;
+  spans.reserve(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (params[i].numel() == 0) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(params[i].data_ptr());
+    spans.push_back(Span{begin, begin + params[i].nbytes(), i});
+  }
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  for (size_t k = 1; k < spans.size(); ++k) {
+    const Span& a = spans[k - 1];
+    const Span& b = spans[k];
+    if (b.begin >= a.end) continue;
+    const size_t lo = std::min(a.index, b.index), hi = std::max(a.index, b.index);
+    const bool same = params[lo].is_same(params[hi]);
+    TORCH_CHECK(false, op, ": params[", lo, "] and params[", hi, "] ",
+                same ? "are the same tensor" : "share memory",
+                "; each parameter must appear once in a call (the kernels would update the "
+                "memory twice at once, with a nondeterministic result)");
+  }
 }
 
 }  // namespace
@@ -51,6 +87,7 @@ void check_params(const char* op, TensorList params) {
                 ") is not dense: the kernels update the storage in place and need a tensor "
                 "without gaps or overlaps (e.g. make the parameter contiguous)");
   }
+  check_disjoint(op, params);
 }
 
 void check_like_params(const char* op, TensorList params, TensorList others, const char* name,
@@ -155,6 +192,7 @@ void check_steps_and_scalars(const char* op, TensorList params, TensorList steps
   check_scalar_tensor(op, args.lr_tensor, "lr", device, /*cpu_ok=*/true);
   check_scalar_tensor(op, args.grad_scale, "grad_scale", device, /*cpu_ok=*/false);
   check_scalar_tensor(op, args.found_inf, "found_inf", device, /*cpu_ok=*/false);
+  check_table_slot(op, args.table_slot);
 }
 
 }  // namespace pytrainer

@@ -3,6 +3,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <optional>
 
 namespace pytrainer {
@@ -13,6 +14,7 @@ struct StepArgs {
   const std::optional<at::Tensor>& grad_scale;  // the grads are divided by it
   const std::optional<at::Tensor>& found_inf;   // nonzero: the whole step is skipped
   bool write_back_grads;                        // with grad_scale: store the unscaled grads
+  int64_t table_slot;                           // where CUDA keeps the call's tables (table_slots.h)
 };
 
 }  // namespace pytrainer

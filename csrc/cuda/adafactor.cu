@@ -100,6 +100,7 @@ __global__ void __launch_bounds__(kThreads) sums_kernel(AdafactorLaunch a) {
   constexpr int N = kPack<T>;
   __shared__ float row_part[kAdafactorMaxTileRows][kWarps];
   __shared__ float reduce[kWarps];
+  static_assert(sizeof(row_part) + sizeof(reduce) == kAdafactorSumsShared, "see launch_plan.h");
   int64_t local;
   const AdafactorEntry& e = unit_entry(a, &local);
   const Tile t = adafactor_tile(e, local);
@@ -179,6 +180,7 @@ __global__ void __launch_bounds__(kThreads) sums_kernel(AdafactorLaunch a) {
 __global__ void __launch_bounds__(kThreads) factors_kernel(AdafactorLaunch a) {
   if (skipped(a.scalars)) return;
   __shared__ double reduce[kWarps];
+  static_assert(sizeof(reduce) == kAdafactorReduceShared, "see launch_plan.h");
   const AdafactorEntry& e = a.entries[a.batch_entry[blockIdx.x]];
   const int64_t b = static_cast<int64_t>(blockIdx.x) - e.first_batch;
   float beta2, one_minus_beta2;
@@ -224,6 +226,7 @@ __global__ void __launch_bounds__(kThreads) norm_kernel(AdafactorLaunch a) {
   if (skipped(a.scalars)) return;
   constexpr int N = kPack<T>;
   __shared__ float reduce[kWarps];
+  static_assert(sizeof(reduce) == kAdafactorNormShared, "see launch_plan.h");
   int64_t local;
   const AdafactorEntry& e = unit_entry(a, &local);
   if (!e.factored) return;  // block-uniform: vectors summed U^2 in pass 1
@@ -254,6 +257,7 @@ __global__ void __launch_bounds__(kThreads) norm_kernel(AdafactorLaunch a) {
 __global__ void __launch_bounds__(kThreads) scalars_kernel(AdafactorLaunch a) {
   if (skipped(a.scalars)) return;
   __shared__ double reduce[kWarps];
+  static_assert(sizeof(reduce) == kAdafactorReduceShared, "see launch_plan.h");
   const AdafactorEntry& e = a.entries[blockIdx.x];
   double p_sq = 0.0, u_sq = 0.0;
   for (int64_t u = threadIdx.x; u < e.units; u += kThreads) {
@@ -339,23 +343,39 @@ __global__ void __launch_bounds__(kThreads) update_kernel(AdafactorLaunch a) {
   }
 }
 
+dim3 grid_of(const LaunchDims& d) {
+  return dim3(static_cast<unsigned>(d.grid[0]), static_cast<unsigned>(d.grid[1]),
+              static_cast<unsigned>(d.grid[2]));
+}
+dim3 block_of(const LaunchDims& d) {
+  return dim3(static_cast<unsigned>(d.block[0]), static_cast<unsigned>(d.block[1]),
+              static_cast<unsigned>(d.block[2]));
+}
+
+// Each kernel as the plan says (launch_plan.cpp; no launch for an empty grid).
 template <class T>
-cudaError_t launch_typed(const AdafactorLaunch& a, cudaStream_t stream) {
-  const auto grid = [](int64_t n) { return static_cast<unsigned>(n); };
-  if (a.units > 0) sums_kernel<T><<<grid(a.units), kThreads, 0, stream>>>(a);
-  if (a.batches > 0) factors_kernel<<<grid(a.batches), kThreads, 0, stream>>>(a);
-  if (a.units > 0) norm_kernel<T><<<grid(a.units), kThreads, 0, stream>>>(a);
-  if (a.num_entries > 0) scalars_kernel<<<grid(a.num_entries), kThreads, 0, stream>>>(a);
-  if (a.units > 0) update_kernel<T><<<grid(a.units), kThreads, 0, stream>>>(a);
+cudaError_t launch_typed(const AdafactorLaunch& a, const AdafactorLaunches& l,
+                         cudaStream_t stream) {
+  if (l.sums.grid[0] > 0) sums_kernel<T><<<grid_of(l.sums), block_of(l.sums), 0, stream>>>(a);
+  if (l.factors.grid[0] > 0) {
+    factors_kernel<<<grid_of(l.factors), block_of(l.factors), 0, stream>>>(a);
+  }
+  if (l.norm.grid[0] > 0) norm_kernel<T><<<grid_of(l.norm), block_of(l.norm), 0, stream>>>(a);
+  if (l.scalars.grid[0] > 0) {
+    scalars_kernel<<<grid_of(l.scalars), block_of(l.scalars), 0, stream>>>(a);
+  }
+  if (l.update.grid[0] > 0) {
+    update_kernel<T><<<grid_of(l.update), block_of(l.update), 0, stream>>>(a);
+  }
   return cudaGetLastError();
 }
 
 }  // namespace
 
 cudaError_t launch_adafactor(Dtype param_dtype, const AdafactorLaunch& args,
-                             cudaStream_t stream) {
+                             const AdafactorLaunches& launches, cudaStream_t stream) {
   return launch_for</*kWithF64=*/false>(param_dtype, [&](auto type) {
-    return launch_typed<typename decltype(type)::type>(args, stream);
+    return launch_typed<typename decltype(type)::type>(args, launches, stream);
   });
 }
 

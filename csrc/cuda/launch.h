@@ -8,6 +8,7 @@
 #include "common/adafactor_layout.h"
 #include "common/adamw_coeffs.h"
 #include "common/anyprecision_coeffs.h"
+#include "common/launch_plan.h"
 #include "cuda/table.h"
 
 namespace pytrainer::cuda {
@@ -57,7 +58,8 @@ struct AdafactorLaunch {
 
 // The five launches of one Adafactor step (common/adafactor_layout.h); the last
 // but one advances the steps.
-cudaError_t launch_adafactor(Dtype param_dtype, const AdafactorLaunch& args, cudaStream_t stream);
+cudaError_t launch_adafactor(Dtype param_dtype, const AdafactorLaunch& args,
+                             const AdafactorLaunches& launches, cudaStream_t stream);
 
 // step += 1 for every entry of the table, unless found_inf is set.
 cudaError_t launch_increment_steps(const DeviceTable& table, const float* found_inf,

@@ -10,15 +10,12 @@
 
 namespace pytrainer::cuda {
 
-constexpr int kThreads = 256;
-
 template <class Functor>
 __global__ void __launch_bounds__(kThreads) multi_tensor_kernel(DeviceTable table, Functor functor) {
   const int64_t chunk = blockIdx.x;
   const TableEntry& entry = table.entries[table.chunk_entry[chunk]];
-  const int64_t begin = (chunk - entry.first_chunk) * kChunkSize;
-  const int64_t end = begin + kChunkSize < entry.numel ? begin + kChunkSize : entry.numel;
-  functor(entry, begin, end);
+  const ChunkRange range = chunk_range(entry, chunk);
+  functor(entry, range.begin, range.end);
 }
 
 template <class Functor>

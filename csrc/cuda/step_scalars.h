@@ -30,13 +30,15 @@ struct CudaCall {
         guard(device),
         stream(c10::cuda::getCurrentCUDAStream(device.index())),
         ds(device_scalars(args, device)),
-        write_back_grads(args.write_back_grads) {}
+        write_back_grads(args.write_back_grads),
+        table_slot(args.table_slot) {}
 
   const at::Device device;
   const c10::cuda::CUDAGuard guard;
   const cudaStream_t stream;
   const DeviceScalars ds;
   const bool write_back_grads;
+  const int64_t table_slot;
 };
 
 }  // namespace pytrainer::cuda

@@ -6,7 +6,12 @@
 
 #include <cstdint>
 
+#include "common/macros.h"
+
 namespace pytrainer::cuda {
+
+// Threads per block of the multi-tensor launches.
+constexpr int kThreads = 256;
 
 constexpr int kMaxTensorsPerEntry = 6;
 
@@ -23,6 +28,16 @@ struct TableEntry {
   int64_t first_chunk;             // index of this tensor's first chunk in the launch
   int64_t tag;                     // per-optimizer value (e.g. state dtypes, a seed offset)
 };
+
+// The elements [begin, end) of an entry that chunk `chunk` of a launch covers
+// (64-bit: a tensor may have more than 2^31 elements).
+struct ChunkRange {
+  int64_t begin, end;
+};
+PT_HOST_DEVICE ChunkRange chunk_range(const TableEntry& e, int64_t chunk) {
+  const int64_t begin = (chunk - e.first_chunk) * kChunkSize;
+  return ChunkRange{begin, begin + kChunkSize < e.numel ? begin + kChunkSize : e.numel};
+}
 
 struct DeviceTable {
   const TableEntry* entries;

@@ -11,6 +11,9 @@
 #include <list>
 #include <mutex>
 
+#include "common/launch_plan.h"
+#include "table_slots.h"
+
 namespace pytrainer::cuda {
 namespace {
 
@@ -20,7 +23,9 @@ struct CachedTable {
   at::Tensor buffer;  // keeps the device memory alive
 };
 
-// Enough for a few optimizers with a few dtype groups each.
+// The shared cache of calls without a table slot (direct op calls): enough for
+// a few optimizers with a few dtype groups each. Optimizers keep their tables in
+// slots, which never evict each other.
 constexpr size_t kMaxCached = 64;
 std::mutex g_mutex;
 // Most recently used first. Never destroyed: freeing CUDA memory during static
@@ -52,8 +57,22 @@ std::vector<std::pair<at::ScalarType, std::vector<size_t>>> split_by_dtype(
   return groups;
 }
 
+// A new device buffer of `bytes` (at least 1) holding what `build` writes.
+at::Tensor upload(int64_t bytes, const std::function<void(uint8_t*)>& build,
+                  const at::Device& device) {
+  const int64_t size = bytes > 0 ? bytes : 1;
+  at::Tensor host = at::empty({size}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  build(host.data_ptr<uint8_t>());
+  at::Tensor buffer = at::empty({size}, at::TensorOptions().dtype(at::kByte).device(device));
+  // Asynchronous, on the current stream: the pinned block is not reused before
+  // the copy completes.
+  buffer.copy_(host, /*non_blocking=*/true);
+  return buffer;
+}
+
 DeviceBytes upload_cached(const std::string& key, int64_t bytes,
-                          const std::function<void(uint8_t*)>& build, const at::Device& device) {
+                          const std::function<void(uint8_t*)>& build, const at::Device& device,
+                          const TablePlace& place) {
   const auto stream = c10::cuda::getCurrentCUDAStream(device.index());
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream.stream(), &capture));
@@ -65,8 +84,22 @@ DeviceBytes upload_cached(const std::string& key, int64_t bytes,
   std::string full_key = key;
   const int64_t where[2] = {device.index(), static_cast<int64_t>(stream.id())};
   full_key.append(reinterpret_cast<const char*>(where), sizeof(where));
-  const size_t hash = std::hash<std::string>{}(full_key);
 
+  if (place.slot != kNoTableSlot) {
+    // The slot's own table for this launch, rebuilt only when its content
+    // changed. Replacing frees the old one safely: it was allocated and read on
+    // the stream its key names, and torch's caching allocator reuses the memory
+    // on that stream only, after those reads.
+    std::lock_guard<std::mutex> lock(table_slots_mutex());
+    SlotTable& table = slot_table(place.slot, place.launch);
+    if (!table.buffer.defined() || table.key != full_key) {
+      table.buffer = upload(bytes, build, device);
+      table.key = std::move(full_key);
+    }
+    return DeviceBytes{table.buffer.data_ptr<uint8_t>(), table.buffer};
+  }
+
+  const size_t hash = std::hash<std::string>{}(full_key);
   std::lock_guard<std::mutex> lock(g_mutex);
   for (auto it = g_cache->begin(); it != g_cache->end(); ++it) {
     if (it->hash == hash && it->key == full_key) {
@@ -74,25 +107,21 @@ DeviceBytes upload_cached(const std::string& key, int64_t bytes,
       return DeviceBytes{it->buffer.data_ptr<uint8_t>(), it->buffer};
     }
   }
-  const int64_t size = bytes > 0 ? bytes : 1;
-  at::Tensor host = at::empty({size}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  build(host.data_ptr<uint8_t>());
-  at::Tensor buffer = at::empty({size}, at::TensorOptions().dtype(at::kByte).device(device));
-  // Asynchronous, on the current stream: the pinned block is not reused before
-  // the copy completes.
-  buffer.copy_(host, /*non_blocking=*/true);
+  at::Tensor buffer = upload(bytes, build, device);
   g_cache->push_front(CachedTable{hash, std::move(full_key), buffer});
   if (g_cache->size() > kMaxCached) g_cache->pop_back();
   return DeviceBytes{buffer.data_ptr<uint8_t>(), buffer};
 }
 
-TableHandle device_table(std::vector<TableEntry>& entries, const at::Device& device) {
-  int64_t chunks = 0;
-  for (TableEntry& e : entries) {
-    e.first_chunk = chunks;
-    chunks += (e.numel + kChunkSize - 1) / kChunkSize;
-  }
-  TORCH_CHECK(chunks < INT32_MAX, "pytrainer: too many chunks in one launch (", chunks, ")");
+TableHandle device_table(std::vector<TableEntry>& entries, const at::Device& device,
+                         const TablePlace& place) {
+  std::vector<int64_t> numels;
+  numels.reserve(entries.size());
+  for (const TableEntry& e : entries) numels.push_back(e.numel);
+  // checks the launch against CUDA's limits before anything is allocated
+  const ElementwisePlan plan = plan_elementwise("pytrainer", numels);
+  for (size_t i = 0; i < entries.size(); ++i) entries[i].first_chunk = plan.first_chunk[i];
+  const int64_t chunks = plan.chunks;
   const int64_t entry_bytes = static_cast<int64_t>(entries.size() * sizeof(TableEntry));
   const int64_t map_offset = align16(entry_bytes);
   const std::string key(reinterpret_cast<const char*>(entries.data()), entry_bytes);
@@ -106,7 +135,7 @@ TableHandle device_table(std::vector<TableEntry>& entries, const at::Device& dev
           for (int64_t c = 0; c < n; ++c) *map++ = static_cast<int32_t>(i);
         }
       },
-      device);
+      device, place);
   const uint8_t* d = bytes.data;
   return TableHandle{DeviceTable{reinterpret_cast<const TableEntry*>(d),
                                  reinterpret_cast<const int32_t*>(d + map_offset),

@@ -30,12 +30,21 @@ struct DeviceBytes {
   at::Tensor owner;
 };
 
+// Where a call keeps a table: the call's table slot (csrc/table_slots.h) and
+// the launch's position in the call (one table per launch).
+struct TablePlace {
+  int64_t slot;
+  size_t launch;
+};
+
 // Device memory holding the bytes `build()` writes, for a table whose identity
-// is `key` (the entries' bytes): `build` runs only when no cached table has this
-// key on this device and stream. Refuses to run under CUDA graph capture (a
-// captured launch would keep reading a buffer the cache may free).
+// is `key` (the entries' bytes): `build` runs only when the place's slot holds
+// no table with this key on this device and stream (without a slot: when the
+// shared cache has none). Refuses to run under CUDA graph capture (a captured
+// launch would keep reading a buffer the cache may free).
 DeviceBytes upload_cached(const std::string& key, int64_t bytes,
-                          const std::function<void(uint8_t*)>& build, const at::Device& device);
+                          const std::function<void(uint8_t*)>& build, const at::Device& device,
+                          const TablePlace& place);
 
 struct TableHandle {
   DeviceTable table;
@@ -44,7 +53,8 @@ struct TableHandle {
 
 // The multi-tensor table of `entries` (first_chunk is filled in here), with one
 // chunk of kChunkSize elements per CUDA block.
-TableHandle device_table(std::vector<TableEntry>& entries, const at::Device& device);
+TableHandle device_table(std::vector<TableEntry>& entries, const at::Device& device,
+                         const TablePlace& place);
 
 Dtype dtype_of(at::ScalarType t);
 
@@ -63,6 +73,7 @@ void launch_per_dtype(const CudaCall& call, std::initializer_list<at::TensorList
                       std::initializer_list<at::ScalarType> dtypes, Launch launch) {
   TORCH_CHECK(lists.size() <= kMaxTensorsPerEntry, "pytrainer: too many lists per entry");
   const at::TensorList params = *lists.begin();
+  size_t launch_index = 0;
   for (const auto& [dtype, indices] : split_by_dtype(params, dtypes)) {
     std::vector<TableEntry> entries;
     entries.reserve(indices.size());
@@ -77,7 +88,8 @@ void launch_per_dtype(const CudaCall& call, std::initializer_list<at::TensorList
       e.tag = tags.empty() ? 0 : tags[i];
       entries.push_back(e);
     }
-    const TableHandle table = device_table(entries, call.device);
+    const TableHandle table =
+        device_table(entries, call.device, TablePlace{call.table_slot, launch_index++});
     C10_CUDA_CHECK(launch(dtype_of(dtype), table.table));
     C10_CUDA_CHECK(launch_increment_steps(table.table, call.ds.scalars.found_inf, call.stream));
   }

@@ -8,6 +8,7 @@ the base class does the rest, as torch.optim's ``_init_group`` does for its
 optimizers."""
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from pytrainer import ops
 from pytrainer.optim._state_cache import (GroupCache, TrackedStateMap, Version, grads_or_none)
-from pytrainer.optim._validation import check_param_dtypes
+from pytrainer.optim._validation import check_param_dtypes, check_unique_params
 
 
 try:  # FSDP2 parameters are DTensors; the kernels update their local shards
@@ -60,6 +61,54 @@ class State:
 #: float32 tensor in its place; or None for an empty list (a state the group's
 #: options turn off). Functions must be module-level (their identity keys the cache).
 StateList = Union[State, Callable[[Tensor], Union[State, None]], None]
+
+
+#: Where each packed state view starts: a multiple of 128 bytes (a GPU cache line,
+#: a multiple of every vector width) from an aligned base, so no view is misaligned
+#: by the sizes of the views before it (the kernels fall back to element-wise
+#: loads and partial stores on a misaligned tensor).
+STATE_ALIGNMENT = 128
+
+
+def _aligned_views(sizes: list[int], dtype: torch.dtype, device: torch.device) -> list[Tensor]:
+    """Zero 1-d tensors of ``sizes`` elements, views of one buffer, each starting
+    ``STATE_ALIGNMENT``-aligned. One view is a buffer of exactly its size; several
+    cost less than ``STATE_ALIGNMENT`` bytes of padding each (and as much again to
+    align the buffer where the allocator does not)."""
+    if len(sizes) == 1:
+        return [torch.zeros(sizes[0], dtype=dtype, device=device)]
+    step = max(1, STATE_ALIGNMENT // torch.empty((), dtype=dtype).element_size())
+    starts, end = [], 0
+    for n in sizes:
+        start = -(-end // step) * step
+        starts.append(start)
+        end = start + n
+    buffer = torch.zeros(end, dtype=dtype, device=device)
+    shift = 0
+    misaligned = buffer.data_ptr() % STATE_ALIGNMENT
+    if misaligned:  # CUDA's allocator aligns to 512 bytes; the CPU's to 64
+        buffer = torch.zeros(end + step - 1, dtype=dtype, device=device)
+        shift = (-buffer.data_ptr() % STATE_ALIGNMENT) // buffer.element_size()
+    return [buffer[shift + start:shift + start + n] for start, n in zip(starts, sizes)]
+
+
+class _TableSlots:
+    """The table slots of one optimizer's groups, by group identity."""
+
+    def __init__(self) -> None:
+        self._slots: dict[int, int] = {}
+
+    def of(self, group: dict[str, Any]) -> int:
+        slot = self._slots.get(id(group))
+        if slot is None:
+            slot = self._slots[id(group)] = ops.kernels.new_table_slot()
+        return slot
+
+    def release(self) -> None:
+        for slot in self._slots.values():
+            if ops.kernels is not None:
+                ops.kernels.release_table_slot(slot)
+        self._slots.clear()
 
 
 def _state_of(rule: StateList, param: Tensor) -> State | None:
@@ -147,10 +196,13 @@ class KernelOptimizer(torch.optim.Optimizer):
             # dynamo cannot trace the pybind entry: the op goes into the graph
             kernel = getattr(torch.ops.pytrainer, self._op_name)
             params, grads, lists, steps = self._traced_group_tensors(group)
+            # the shared table cache: taking a slot is a call dynamo cannot trace
+            table_slot = -1
         else:
             # pytrainer._C's typed entry of the op (csrc/python_entry.h)
             kernel = getattr(ops.kernels, self._op_name)
             params, grads, lists, steps = self._group_tensors(group)
+            table_slot = self._table_slot(group)
         if not params:
             return
         device = params[0].device
@@ -159,7 +211,8 @@ class KernelOptimizer(torch.optim.Optimizer):
         # the one call of the kernels
         kernel(params=params, grads=grads, **lists, state_steps=steps, lr=lr, lr_tensor=lr_tensor,
                grad_scale=self._on(grad_scale, device), found_inf=self._on(found_inf, device),
-               write_back_grads=write_back_grads, **self._kernel_args(group, first_index))
+               write_back_grads=write_back_grads, table_slot=table_slot,
+               **self._kernel_args(group, first_index))
 
     def _traced_group_tensors(self, group: dict[str, Any]
                               ) -> tuple[list[Tensor], list[Tensor], dict[str, list[Tensor]],
@@ -200,6 +253,18 @@ class KernelOptimizer(torch.optim.Optimizer):
             for key, value in (state or {}).items():
                 if isinstance(value, Tensor) and value._base is not None:
                     state[key] = value.clone()
+
+    def _table_slot(self, group: dict[str, Any]) -> int:
+        """The group's table slot (csrc/table_slots.h): where the CUDA kernels keep
+        the group's device tables between steps, rebuilt only when a tensor of the
+        group moved or changed size. Taken on the group's first step, freed with
+        the optimizer; not part of the optimizer's pickled or saved state."""
+        slots = self.__dict__.get("_table_slots")
+        if slots is None:
+            slots = self._table_slots = _TableSlots()
+            # not at exit: the process frees everything, and the CUDA runtime may be gone
+            weakref.finalize(self, slots.release).atexit = False
+        return slots.of(group)
 
     @staticmethod
     def _lr_args(lr: float | Tensor | None) -> tuple[float, Tensor | None]:
@@ -311,11 +376,9 @@ class KernelOptimizer(torch.optim.Optimizer):
                 state[own.key] = torch.zeros_like(p, dtype=dtype,
                                                   memory_format=torch.preserve_format)
         for (name, device, dtype), members in pending.items():
-            buffer = torch.zeros(sum(p.numel() for p, _ in members), dtype=dtype, device=device)
-            offset = 0
-            for p, state in members:
-                state[name] = buffer[offset:offset + p.numel()].view(p.shape)
-                offset += p.numel()
+            for (p, state), view in zip(members, _aligned_views(
+                    [p.numel() for p, _ in members], dtype, device)):
+                state[name] = view.view(p.shape)
 
     def _track_state(self) -> None:
         """Makes ``self.state`` count its changes (see _state_cache)."""
@@ -335,6 +398,7 @@ class KernelOptimizer(torch.optim.Optimizer):
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         check_param_dtypes(type(self).__name__, params, self._param_dtypes)
+        check_unique_params(type(self).__name__, len(self.param_groups), params)
         super().add_param_group(param_group)
         if "_version" in self.__dict__:
             self._version.bump()

@@ -109,3 +109,17 @@ def check_param_dtypes(optimizer_name: str, params, dtypes=SUPPORTED_PARAM_DTYPE
         if p.layout != torch.strided:
             raise ValueError(f"{optimizer_name}: params[{i}] has layout {p.layout}; only dense "
                              "(strided) parameters are supported")
+
+
+def check_unique_params(optimizer_name: str, group_index: int, params) -> None:
+    """Rejects a tensor listed twice in one param group (torch.optim only warns):
+    the kernels would update its memory from two places at once, with a result
+    that depends on their timing."""
+    first_index: dict[int, int] = {}
+    for i, p in enumerate(params):
+        j = first_index.setdefault(id(p), i)
+        if j != i:
+            raise ValueError(
+                f"{optimizer_name}: param group {group_index} lists the same tensor twice, at "
+                f"params[{j}] and params[{i}] (shape {tuple(p.shape)}); each parameter must "
+                "appear once (deduplicate tied weights, e.g. list(dict.fromkeys(params)))")

@@ -1,0 +1,154 @@
+"""The CUDA launch plans, checked on the CPU: the host code that computes every
+launch of the three optimizers (pytrainer._C.plan_elementwise for AdamW and
+AnyPrecisionAdamW, pytrainer._C.plan_adafactor) covers every element exactly
+once, stays within CUDA's limits on the H200 (compute capability 9.0), and
+takes 64-bit offsets for tensors of more than 2^31 elements, which are only
+described here (sizes, no memory)."""
+from __future__ import annotations
+
+import pytest
+
+from pytrainer import ops
+
+pytestmark = pytest.mark.skipif(not ops.available(), reason="compiled kernels not built")
+
+BIG = 2**31 + 5
+
+
+@pytest.fixture(scope="module")
+def C():
+    return ops.require()
+
+
+def test_the_limits_are_cudas_for_compute_capability_9_0(C):
+    assert C.cuda_launch_limits == {
+        "max_grid_x": 2**31 - 1, "max_grid_yz": 65535, "max_threads_per_block": 1024,
+        "max_static_shared_bytes": 48 * 1024, "max_opt_in_shared_bytes_sm90": 227 * 1024}
+
+
+def within_limits(C, launch: dict) -> None:
+    limits = C.cuda_launch_limits
+    gx, gy, gz = launch["grid"]
+    bx, by, bz = launch["block"]
+    assert 0 <= gx <= limits["max_grid_x"] and 1 <= gy <= limits["max_grid_yz"] and \
+        1 <= gz <= limits["max_grid_yz"], launch
+    assert bx * by * bz <= limits["max_threads_per_block"] and min(bx, by, bz) >= 1, launch
+    assert 0 <= launch["shared_bytes"] <= limits["max_static_shared_bytes"], launch
+
+
+# ------------------------------------------------------------ AdamW, AnyPrecisionAdamW
+
+
+def check_elementwise(C, numels: list[int]) -> dict:
+    plan = C.plan_elementwise(numels)
+    ranges = plan["chunk_ranges"]
+    assert plan["update"]["grid"][0] == plan["chunks"] == len(ranges)
+    within_limits(C, plan["update"])
+    within_limits(C, plan["steps"])
+    assert plan["steps"]["grid"][0] * plan["steps"]["block"][0] >= len(numels)
+    # every element of every tensor in exactly one block, blocks in tensor order
+    covered = {i: 0 for i in range(len(numels))}
+    for block, (i, begin, end) in enumerate(ranges):
+        assert plan["first_chunk"][i] <= block
+        assert begin == covered[i], (block, i, begin)  # contiguous, no gap, no overlap
+        assert begin < end <= numels[i] and end - begin <= plan["chunk_size"]
+        assert begin % 8 == 0  # every block starts on a 16-byte pack of any dtype
+        covered[i] = end
+    assert covered == {i: n for i, n in enumerate(numels)}
+    return plan
+
+
+@pytest.mark.parametrize("numels", [
+    [1], [0], [0, 1, 0], [32768], [32769, 5, 0, 65536, 3], [1] * 1000,
+    [50257 * 768, 768, 768 * 3072, 3072, 1]])
+def test_elementwise_plan_covers_every_element_once(C, numels):
+    check_elementwise(C, numels)
+
+
+def test_elementwise_plan_of_a_tensor_past_2_to_the_31(C):
+    plan = check_elementwise(C, [7, BIG, 3])
+    *_, (last_tensor, begin, end) = [r for r in plan["chunk_ranges"] if r[0] == 1]
+    assert end == BIG and begin == (BIG - 1) // 32768 * 32768 > 2**31 - 1 - 32768
+    assert plan["chunks"] == 1 + (BIG + 32767) // 32768 + 1
+
+
+def test_elementwise_plan_refuses_a_grid_past_cudas_limit(C):
+    too_many = (2**31 - 1) * 32768 + 1  # one chunk more than gridDim.x allows
+    with pytest.raises(RuntimeError, match=r"the update launch needs a grid of 2147483648 x 1 x 1 "
+                                           r"blocks; CUDA allows up to 2147483647"):
+        C.plan_elementwise([too_many])
+
+
+# ------------------------------------------------------------------------ Adafactor
+
+
+def check_adafactor(C, shapes, element_size=2) -> dict:
+    plan = C.plan_adafactor(shapes, [element_size] * len(shapes))
+    for launch in plan["launches"].values():
+        within_limits(C, launch)
+    assert plan["launches"]["sums"]["grid"][0] == plan["units"]
+    assert plan["launches"]["update"]["grid"][0] == plan["units"]
+    assert plan["launches"]["norm"]["grid"][0] == plan["units"]
+    assert plan["launches"]["factors"]["grid"][0] == plan["batches"]
+    assert plan["launches"]["scalars"]["grid"][0] == len(shapes)
+    first_unit = 0
+    for shape, e in zip(shapes, plan["entries"]):
+        numel = 1
+        for s in shape:
+            numel *= s
+        assert e["numel"] == numel and e["first_unit"] == first_unit
+        assert len(e["tiles"]) == e["units"]
+        first_unit += e["units"]
+        if numel == 0:
+            assert e["units"] == 0
+            continue
+        if len(shape) >= 2:
+            assert (e["rows"], e["cols"], e["batches"]) == (shape[-2], shape[-1], numel // (
+                shape[-2] * shape[-1]))
+        else:
+            assert (e["rows"], e["cols"], e["batches"]) == (1, numel, 1)
+        # per batch, the tiles' rows x columns partition rows x cols exactly once
+        seen = {}
+        for batch, r0, r1, c0, c1 in e["tiles"]:
+            assert 0 <= batch < e["batches"]
+            assert 0 <= r0 < r1 <= e["rows"] and 0 <= c0 < c1 <= e["cols"]
+            assert (batch, r0, c0) not in seen
+            seen[batch, r0, c0] = (r1, c1)
+        for batch in range(e["batches"]):
+            row_edges = sorted({(r0, r1) for (b, r0, c0), (r1, c1) in seen.items() if b == batch})
+            col_edges = sorted({(c0, c1) for (b, r0, c0), (r1, c1) in seen.items() if b == batch})
+            assert row_edges[0][0] == 0 and row_edges[-1][1] == e["rows"]
+            assert col_edges[0][0] == 0 and col_edges[-1][1] == e["cols"]
+            assert all(a[1] == b[0] for a, b in zip(row_edges, row_edges[1:]))
+            assert all(a[1] == b[0] for a, b in zip(col_edges, col_edges[1:]))
+            for r0, r1 in row_edges:
+                for c0, c1 in col_edges:
+                    assert seen[batch, r0, c0] == (r1, c1)
+    assert plan["units"] == first_unit
+    return plan
+
+
+@pytest.mark.parametrize("shapes", [
+    [[50257, 768]], [[768, 3072]], [[64, 64, 3, 3]], [[3, 3]], [[1, 4099]], [[4099, 1]],
+    [[0, 7]], [[7, 0]], [[]], [[0]], [[5]], [[65537]],
+    [[50257, 768], [768], [768, 2304], [2304], [], [0, 3], [2, 3, 5, 7]]])
+@pytest.mark.parametrize("element_size", [2, 4])
+def test_adafactor_plan_covers_every_element_once(C, shapes, element_size):
+    check_adafactor(C, shapes, element_size)
+
+
+def test_adafactor_plan_of_tensors_past_2_to_the_31(C):
+    """A vector of 2^31+5 elements and a matrix of 2^31+2048: their tiles' 64-bit
+    offsets reach the last element (plans only: nothing is allocated)."""
+    rows = 2**20 + 1  # x 2048 columns: 2^31 + 2048 elements
+    plan = check_adafactor(C, [[BIG], [rows, 2048]])
+    vector, matrix = plan["entries"]
+    assert vector["tiles"][-1][4] == BIG and vector["tiles"][-1][3] > 2**31 - 1 - 32768
+    assert matrix["tiles"][-1][2] == rows and matrix["tiles"][-1][4] == 2048
+
+
+def test_adafactor_plan_refuses_bad_descriptions(C):
+    with pytest.raises(RuntimeError, match="2- or 4-byte"):
+        C.plan_adafactor([[3]], [8])
+    with pytest.raises(RuntimeError, match="negative size"):
+        C.plan_adafactor([[-1, 3]], [2])
