@@ -1,7 +1,9 @@
 """The CPU instruction sets agree on the values they store, also where the
 16-bit conversions have edge cases: subnormal results (AVX512-BF16's conversion
-instruction flushes them to zero), NaN, infinities and overflow. The
-equivalence tests against the references use ordinary values.
+instruction flushes them to zero), NaN (with any payload: the integer roundings
+must not carry a NaN's mantissa into its exponent or sign), infinities,
+overflow and values exactly halfway between two 16-bit neighbours (ties round
+to even). The equivalence tests against the references use ordinary values.
 
 Where the arithmetic is the same in every build, every build must store the
 same bits as the portable one: AdamW with beta1 = 0 (its lerp is then a copy;
@@ -23,15 +25,31 @@ N = 4099  # not a multiple of any vector width: the tails run too
 BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 
 
+# NaN payloads, as float32 bits: quiet and signalling, both signs, all mantissa bits set
+NAN_BITS = [0x7FC00000, 0xFFC00000, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0xFF800001, 0x7FFF8000]
+
+
+def from_bits(bits: torch.Tensor) -> torch.Tensor:
+    return bits.to(torch.int64).to(torch.int32).view(torch.float32)
+
+
 def edge_values(seed: int, finite: bool) -> torch.Tensor:
     """float32 values over the whole range: normal, subnormal in float32 and in
-    bfloat16, and unless finite, values that overflow 16-bit types, NaN and inf."""
+    bfloat16, ties of bfloat16 and float16, and unless finite, values that overflow
+    16-bit types, NaN of several payloads and inf."""
     gen = torch.Generator().manual_seed(seed)
     scales = torch.tensor([1.0, 1e-3, 1e-36, 1e-38, 1e-39, 3e-41, 1e-44]
                           + ([] if finite else [1e30, 1e38]))
     x = torch.randn(N, generator=gen) * scales[torch.randint(0, len(scales), (N,), generator=gen)]
+    # halfway between two bfloat16 (low 16 bits 0x8000) and two float16 (low 13 bits 0x1000)
+    bits = x.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    ties = torch.randint(0, N, (N // 20,), generator=gen)
+    x[ties] = from_bits((bits[ties] & 0xFFFF0000) | 0x8000)
+    ties = torch.randint(0, N, (N // 20,), generator=gen)
+    x[ties] = from_bits((bits[ties] & 0xFFFFE000) | 0x1000)
     if not finite:
-        x[torch.randint(0, N, (N // 40,), generator=gen)] = float("nan")
+        nans = torch.tensor(NAN_BITS)[torch.randint(0, len(NAN_BITS), (N // 40,), generator=gen)]
+        x[torch.randint(0, N, (N // 40,), generator=gen)] = from_bits(nans)
         x[torch.randint(0, N, (N // 40,), generator=gen)] = float("inf")
         x[torch.randint(0, N, (N // 40,), generator=gen)] = float("-inf")
     return x
@@ -88,6 +106,13 @@ ELEMENTWISE = {
     "anyprecision-f32-states": lambda ps: AnyPrecisionAdamW(
         ps, lr=1e-2, momentum_dtype=torch.float32, variance_dtype=torch.float32,
         compensation_buffer_dtype=torch.float16),
+    # torchdistx's default states (float32 momentum), a loop of its own
+    "anyprecision-default-states": lambda ps: AnyPrecisionAdamW(ps, lr=1e-2, weight_decay=0.1),
+    # beta1 = 0: the new momentum is the grad itself, rounded to bfloat16 as stored,
+    # so the edge values (ties, NaN payloads) of float32 grads reach the rounding as they are
+    "anyprecision-grads-to-bfloat16": lambda ps: AnyPrecisionAdamW(
+        ps, lr=1e-2, betas=(0.0, 0.5), momentum_dtype=torch.bfloat16,
+        variance_dtype=torch.float16, use_kahan_summation=False),
 }
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 
@@ -125,3 +150,4 @@ def test_avx512_bf16_stores_the_bits_of_avx512(dtype, make, shape, finite):
     results = {isa: run(isa, make, dtype, finite, shape) for isa in ("AVX512_BF16", "AVX512")}
     assert_most_params_moved(results, finite)
     assert_same_values(results, "AVX512")
+

@@ -192,24 +192,30 @@ void adafactor_tile_norm(const AdafactorEntry& e, const AdafactorCpuStep& s, int
 }
 
 // Pass 3: the update, for a run of tiles of a factored tensor or a chunk of a
-// vector (elementwise, so a run is one stretch per row).
-template <class T>
-void adafactor_update(const AdafactorEntry& e, const AdafactorCpuStep& s, int64_t unit,
-                      int64_t count) {
+// vector (elementwise, so a run is one stretch per row). FACTORED, and USUAL (no
+// first moment, no grads to write back: the defaults) as constants, which the
+// compiler folds: a loop without branches that cut it apart (2x faster in cache).
+template <class T, bool FACTORED, bool USUAL>
+PT_FLATTEN void adafactor_update_loop(const AdafactorEntry& e, const AdafactorCpuStep& s,
+                                      int64_t unit, int64_t count) {
   const TileRun r = tile_run(e, unit, count);
   const Tile& t = r.first;
   T* g = static_cast<T*>(e.grad);
   T* p = static_cast<T*>(e.param);
   float* m = e.exp_avg;
   const float* v = e.state_row;
-  const AdafactorApply a = adafactor_apply_args(e, s);
-  const bool factored = e.factored != 0, write_back_grad = s.write_back_grad;
+  AdafactorApply a = adafactor_apply_args(e, s);
+  bool write_back_grad = s.write_back_grad;
+  if constexpr (USUAL) {
+    a.first_moment = false;
+    write_back_grad = false;
+  }
   const float grad_mult = s.grad_mult;
   float col_factor[kAdafactorCpuRunTiles * kAdafactorTileCols16];
-  if (factored) run_col_factors(e, r, col_factor);
+  if constexpr (FACTORED) run_col_factors(e, r, col_factor);
   for (int64_t i = t.row_begin; i < t.row_end; ++i) {
     const int64_t base = (t.batch * e.rows + i) * e.cols;
-    const float rf = factored ? row_factor(e, s, t, i) : 0.0f;
+    const float rf = FACTORED ? row_factor(e, s, t, i) : 0.0f;
     const int64_t k0 = base + t.col_begin;  // col_factor[k - k0]: the factor of element k
     const int64_t end = base + r.col_end;
     int64_t k = k0;
@@ -218,7 +224,7 @@ void adafactor_update(const AdafactorEntry& e, const AdafactorCpuStep& s, int64_
       for (; k + VecF::width <= end; k += VecF::width) {
         const VecF gv = vload(g + k) * gm;
         if (write_back_grad) vstore(g + k, gv);
-        const VecF U = factored ? (rv * vload(col_factor + (k - k0))) * gv
+        const VecF U = FACTORED ? (rv * vload(col_factor + (k - k0))) * gv
                                 : adafactor_inv_sqrt(vload(v + k)) * gv;
         VecF mv = a.first_moment ? vload(m + k) : VecF(0.0f);
         vstore(p + k, adafactor_apply(vload(p + k), U, mv, a));
@@ -228,11 +234,24 @@ void adafactor_update(const AdafactorEntry& e, const AdafactorCpuStep& s, int64_
     for (; k < end; ++k) {
       const float gv = sload(g + k) * grad_mult;
       if (write_back_grad) sstore(g + k, gv);
-      const float U = factored ? (rf * col_factor[k - k0]) * gv : adafactor_inv_sqrt(v[k]) * gv;
+      const float U = FACTORED ? (rf * col_factor[k - k0]) * gv : adafactor_inv_sqrt(v[k]) * gv;
       float mv = a.first_moment ? m[k] : 0.0f;
       sstore(p + k, adafactor_apply(sload(p + k), U, mv, a));
       if (a.first_moment) m[k] = mv;
     }
+  }
+}
+
+template <class T>
+void adafactor_update(const AdafactorEntry& e, const AdafactorCpuStep& s, int64_t unit,
+                      int64_t count) {
+  const bool usual = !s.first_moment && !s.write_back_grad;
+  if (e.factored) {
+    (usual ? adafactor_update_loop<T, true, true> : adafactor_update_loop<T, true, false>)(
+        e, s, unit, count);
+  } else {
+    (usual ? adafactor_update_loop<T, false, true> : adafactor_update_loop<T, false, false>)(
+        e, s, unit, count);
   }
 }
 
