@@ -13,6 +13,12 @@ Adafactor's sums add in an order that depends on the vector width, so there
 the two AVX512 builds, which differ in the conversions alone, must agree."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -151,3 +157,49 @@ def test_avx512_bf16_stores_the_bits_of_avx512(dtype, make, shape, finite):
     assert_most_params_moved(results, finite)
     assert_same_values(results, "AVX512")
 
+
+# ---------------------------------------------------------------- PYTRAINER_CPU_ISA
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def in_process_with(isa_setting: str, code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTRAINER_CPU_ISA": isa_setting}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env=env)
+
+
+@pytest.mark.parametrize("isa", [isa for isa in ops.cpu_isas() if isa != ops.cpu_isa()]
+                         if ops.available() else [])
+def test_environment_variable_forces_an_instruction_set_for_the_process(isa):
+    """PYTRAINER_CPU_ISA (any case) picks the kernels of a whole process; set_cpu_isa
+    still overrides it, and "" goes back to it, not to the automatic choice."""
+    out = in_process_with(isa.lower(), f"""
+        import torch
+        from pytrainer import ops
+        from pytrainer.optim import FusedAdamW
+        assert ops.cpu_isa() == "{isa}", ops.cpu_isa()
+        p = torch.nn.Parameter(torch.randn(1000))
+        p.grad = torch.randn(1000)
+        FusedAdamW([p]).step()
+        assert ops.set_cpu_isa("{ops.cpu_isa()}") == "{ops.cpu_isa()}"
+        assert ops.set_cpu_isa("") == "{isa}"
+        print("ok")
+        """)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_environment_variable_naming_no_usable_instruction_set_is_a_clear_error():
+    if not ops.available():
+        pytest.skip("compiled kernels not built")
+    missing = [isa for isa in ("AVX512_BF16", "AVX512", "AVX2") if isa not in ops.cpu_isas()]
+    for setting in ["SSE9"] + missing[:1]:  # unknown, and known but not on this CPU
+        out = in_process_with(setting, """
+            import torch
+            from pytrainer.optim import FusedAdamW
+            p = torch.nn.Parameter(torch.randn(10))
+            p.grad = torch.randn(10)
+            FusedAdamW([p]).step()
+            """)
+        assert out.returncode != 0
+        assert (f"PYTRAINER_CPU_ISA={setting} is unknown or not supported by this CPU; "
+                f"valid here: {', '.join(ops.cpu_isas())}") in out.stderr, out.stderr[-2000:]
