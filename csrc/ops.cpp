@@ -37,6 +37,9 @@ TORCH_LIBRARY(pytrainer, m) {
       "float decay_rate, float? beta1, float weight_decay, bool scale_parameter, "
       "bool relative_step, bool warmup_init, Tensor? grad_scale=None, Tensor? found_inf=None, "
       "bool write_back_grads=False) -> ()");
+  // The benchmarks' memory reference (CPU): out += input for every output, in one
+  // pass over the kernels' threads.
+  m.def("memory_pass_(Tensor(a!)[] outputs, Tensor input) -> ()");
 }
 
 namespace {
