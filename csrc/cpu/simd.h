@@ -394,6 +394,9 @@ template <class T>
 inline VecF2 vstore_round2(InOrder, T* p, VecF2 x) {
   return {vstore_round(p, x.a), vstore_round(p + VecF::width, x.b)};
 }
+// Where element j of n goes in a float32 array that pairs read as two plain
+// vectors, to meet loads and stores of this layout (for arrays a kernel fills).
+inline int64_t pair_slot(InOrder, int64_t j, int64_t /*n*/) { return j; }
 
 #if defined(PT_ISA_AVX2)
 // a: the even elements i, i + 2, ..., b: the odd ones. Two bfloat16 share a
@@ -421,6 +424,13 @@ inline VecF2 vstore_round2(EvenOdd, c10::BFloat16* p, VecF2 x) {
   const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000U));
   return {VecF(_mm256_castsi256_ps(_mm256_and_si256(even, high))),
           VecF(_mm256_castsi256_ps(_mm256_and_si256(odd, high)))};
+}
+// Whole pairs even/odd, the rest (read by single vectors and scalars) in order.
+inline int64_t pair_slot(EvenOdd, int64_t j, int64_t n) {
+  constexpr int64_t kPair = 2 * VecF::width;
+  if (j >= n / kPair * kPair) return j;
+  const int64_t k = j % kPair;
+  return j - k + (k % 2) * VecF::width + k / 2;
 }
 // The layout of a pass whose pairs are stored in the dtypes Ts.
 template <class... Ts>

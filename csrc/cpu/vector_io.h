@@ -10,6 +10,8 @@ struct PairIO {
   static constexpr int n = 2 * VecF::width;
   template <class T>
   V load(const T* p) const { return vload2(L{}, p); }
+  // A float32 array the kernel filled in this layout's order (pair_slot).
+  V load_arranged(const float* p) const { return {vload(p), vload(p + VecF::width)}; }
   template <class T>
   void store(T* p, V x) const { vstore2(L{}, p, x); }
   // Stores x rounded to the dtype; returns the stored value.
@@ -33,6 +35,7 @@ struct VecIO {
   static constexpr int n = VecF::width;
   template <class T>
   V load(const T* p) const { return vload(p); }
+  V load_arranged(const float* p) const { return vload(p); }
   template <class T>
   void store(T* p, V x) const { vstore(p, x); }
   template <class T>
@@ -52,6 +55,7 @@ struct ScalarIO {
   static constexpr int n = 1;
   template <class T>
   V load(const T* p) const { return sload(p); }
+  V load_arranged(const float* p) const { return *p; }
   template <class T>
   void store(T* p, V x) const { sstore(p, x); }
   template <class T>
