@@ -75,13 +75,14 @@ def test_memory_reference_reads_and_writes_every_buffer():
     gets the input added, in one call over the kernels' threads."""
     if not ops.available():
         pytest.skip("compiled kernels not built")
-    n = 3 * 16384 + 5  # several chunks and blocks, and a rest
-    outputs = [torch.randn(n) for _ in range(3)]
-    before = [o.clone() for o in outputs]
-    source = torch.randn(n)
-    torch.ops.pytrainer.memory_pass_(outputs, source)
-    for out, old in zip(outputs, before):
-        assert torch.equal(out, old + source)
+    n = 3 * 16384 + 5  # several chunks of the kernels' threads, and a rest
+    for count in (1, 3, 4):
+        outputs = [torch.randn(n) for _ in range(count)]
+        before = [o.clone() for o in outputs]
+        source = torch.randn(n)
+        torch.ops.pytrainer.memory_pass_(outputs, source)
+        for out, old in zip(outputs, before):
+            assert torch.equal(out, old + source)
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -94,6 +95,8 @@ def test_memory_reference_names_what_is_wrong(bad, message):
         pytest.skip("compiled kernels not built")
     with pytest.raises(RuntimeError, match=f"contiguous float32 CPU tensors of 10 elements.*{message}"):
         torch.ops.pytrainer.memory_pass_([torch.randn(10), bad()], torch.randn(10))
+    with pytest.raises(RuntimeError, match="takes 1 to 4 outputs, got 5"):
+        torch.ops.pytrainer.memory_pass_([torch.randn(10) for _ in range(5)], torch.randn(10))
 
 
 def test_bench_accumulation_tiny(tmp_path):
