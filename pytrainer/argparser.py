@@ -7,7 +7,9 @@ choices for Literal and Enum fields, ``nargs="+"`` for list fields. It adds a
 ``--config FILE`` flag (JSON or YAML, overridden by the command line) and
 "did you mean" hints; every mistake on the command line, including a
 ValueError from a dataclass's ``__post_init__``, ends in ``parser.error``: a
-one-line message and exit status 2.
+one-line message and exit status 2. A dataclass that lists deprecated argument
+names (``deprecated_arguments``, as TrainingArguments lists transformers 4.x's) gets
+a flag for each, whose value goes to the constructor under that name.
 """
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ __all__ = ["ArgumentParser", "string_to_bool"]
 _TRUE = ("yes", "true", "t", "y", "1")
 _FALSE = ("no", "false", "f", "n", "0")
 _CONFIG_DEST = "_pytrainer_config_file"
+_DEPRECATED_DEST = "_pytrainer_deprecated."
+#: the namespace attribute collecting the dests given on the command line or in --config
+_GIVEN = "_pytrainer_given"
+#: choices beyond this many are not spelled out in the usage line (the error lists them)
+_MAX_LISTED_CHOICES = 12
 
 
 def string_to_bool(value: str | bool) -> bool:
@@ -46,13 +53,44 @@ def string_to_bool(value: str | bool) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class _Flag:
-    """How one dataclass field is read from text."""
+    """How one dataclass field (or deprecated argument name) is read from text."""
     owner: type
-    name: str  # the field's name, also the argparse dest
+    name: str  # the field's (or deprecated name's) name, the constructor keyword
+    dest: str  # the argparse dest
     convert: Callable[[str], Any]
     is_list: bool
     required: bool
     keys: tuple[str, ...]  # what config files and parse_dict may call it
+    #: for a deprecated name: the field it sets (None when it has no successor)
+    replaces: str | None = None
+    deprecated: bool = False
+
+
+def _given(namespace: argparse.Namespace) -> set[str]:
+    given = getattr(namespace, _GIVEN, None)
+    if given is None:
+        given = set()
+        setattr(namespace, _GIVEN, given)
+    return given
+
+
+class _Store(argparse.Action):
+    """argparse's store, also noting that the value was given (not a default)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        _given(namespace).add(self.dest)
+
+
+class _StoreFalse(argparse.Action):
+    """``--no_<field>``: stores False and notes it as given."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, False)
+        _given(namespace).add(self.dest)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -105,6 +143,8 @@ class ArgumentParser(argparse.ArgumentParser):
         for f in dataclasses.fields(owner):
             if f.init:
                 self._add_field(owner, f, hints[f.name])
+        for name, entry in dict(getattr(owner, "deprecated_arguments", None) or {}).items():
+            self._add_deprecated(owner, name, entry)
 
     def _add_field(self, owner: type, f: dataclasses.Field, hint: Any) -> None:
         meta = dict(f.metadata)
@@ -113,33 +153,16 @@ class ArgumentParser(argparse.ArgumentParser):
         options = _spellings(f"--{f.name}")
         for alias in aliases:
             options += _spellings(alias)
-
-        hint = _strip_optional(f.name, hint)
-        kwargs: dict[str, Any] = {"dest": f.name,
-                                  "help": str(meta.get("help", "")).replace("%", "%%")}
-        is_list = get_origin(hint) is list or hint is list
-        if is_list:
-            args = get_args(hint)
-            hint = args[0] if args else str
-            kwargs["nargs"] = "+"
-        convert, metavar = _converter(f.name, hint, meta.get("choices"))
-        kwargs["type"] = convert
-        if metavar:
-            kwargs["metavar"] = metavar
-
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
             default = dataclasses.MISSING
-        is_bool = hint is bool and not is_list
-        if is_bool:
-            # Bare ``--flag`` means True; ``--flag false`` also works.
-            kwargs.update(nargs="?", const=True, metavar="BOOL")
-            if default is dataclasses.MISSING:
-                default = False
-        required = default is dataclasses.MISSING
+        flag, kwargs, is_bool = self._reader(owner, f.name, f.name, hint, meta, default)
+        required = default is dataclasses.MISSING and not is_bool
+        if is_bool and default is dataclasses.MISSING:
+            default = False
         # Required flags are checked after --config values are merged in, not by argparse.
         kwargs["default"] = argparse.SUPPRESS if required else default
         try:
@@ -147,12 +170,53 @@ class ArgumentParser(argparse.ArgumentParser):
             if is_bool and default is True:
                 self.add_argument(*_dedupe([f"--no_{f.name}", f"--no-{f.name}",
                                             f"--no-{f.name.replace('_', '-')}"]),
-                                  action="store_false", dest=f.name, default=argparse.SUPPRESS,
+                                  action=_StoreFalse, dest=f.name, default=argparse.SUPPRESS,
                                   help=f"Sets {f.name} to False.")
         except argparse.ArgumentError as error:
             raise ValueError(f"field {f.name} of {owner.__name__}: {error}") from None
         keys = [f.name] + [a.lstrip("-").replace("-", "_") for a in aliases if a.startswith("--")]
-        self._flags.append(_Flag(owner, f.name, convert, is_list, required, tuple(keys)))
+        self._flags.append(dataclasses.replace(flag, required=required, keys=tuple(keys)))
+
+    def _add_deprecated(self, owner: type, name: str, entry: Any) -> None:
+        """A flag for a deprecated argument name (skipped when another dataclass has a
+        field of that name): given, it reaches the constructor under its own name, which
+        warns and maps it."""
+        options = [o for o in _spellings(f"--{name}") if o not in self._option_string_actions]
+        if len(options) < len(_spellings(f"--{name}")):
+            return
+        replaces = getattr(entry, "field", None)
+        advice = getattr(entry, "advice", "")
+        meta = {"help": f"Deprecated (transformers 4.x): {advice}."}
+        flag, kwargs, _ = self._reader(owner, name, f"{_DEPRECATED_DEST}{owner.__name__}.{name}",
+                                       entry.hint, meta, dataclasses.MISSING)
+        kwargs["default"] = argparse.SUPPRESS
+        self.add_argument(*options, **kwargs)
+        self._flags.append(dataclasses.replace(flag, keys=(name,), replaces=replaces,
+                                               deprecated=True))
+
+    def _reader(self, owner: type, name: str, dest: str, hint: Any, meta: dict,
+                default: Any) -> tuple[_Flag, dict[str, Any], bool]:
+        """The flag of a field of type ``hint``, and its add_argument keywords (no default)."""
+        hint = _strip_optional(name, hint)
+        kwargs: dict[str, Any] = {"dest": dest, "action": _Store,
+                                  "help": str(meta.get("help", "")).replace("%", "%%")}
+        is_list = get_origin(hint) is list or hint is list
+        if is_list:
+            args = get_args(hint)
+            hint = args[0] if args else str
+            kwargs["nargs"] = "+"
+        convert, metavar = _converter(name, hint, meta.get("choices"))
+        kwargs["type"] = convert
+        kwargs["metavar"] = metavar or name.upper()
+        is_bool = (hint is bool or hint is _BoolOrText) and not is_list
+        if is_bool:
+            # Bare ``--flag`` means True; ``--flag false`` also works.
+            kwargs.update(nargs="?", const=True, metavar="BOOL" if hint is bool else "BOOL|TEXT")
+        for key in ("nargs", "const"):  # Hugging Face's metadata, e.g. a bare --fsdp
+            if key in meta:
+                kwargs[key] = meta[key]
+        flag = _Flag(owner, name, dest, convert, is_list, False, (name,))
+        return flag, kwargs, hint is bool and not is_list
 
     # ------------------------------------------------------------------ parsing
     def parse_args_into_dataclasses(self, args: Iterable[str] | None = None,
@@ -178,7 +242,9 @@ class ArgumentParser(argparse.ArgumentParser):
         config_path = self._find_config(args)
         if config_path is not None:
             try:
-                namespace = argparse.Namespace(**self._coerce_mapping(_load_config(config_path)))
+                values = self._coerce_mapping(_load_config(config_path))
+                namespace = argparse.Namespace(**values)
+                _given(namespace).update(values)
             except (OSError, ValueError, ImportError) as error:
                 self.error(_one_line(f"{self._config_flag} {config_path}: {error}"))
             except RecursionError:  # e.g. comparing self-referencing YAML values
@@ -186,16 +252,24 @@ class ArgumentParser(argparse.ArgumentParser):
                                      f"deeply (or referring to themselves) to read"))
         namespace, remaining = self.parse_known_args(args, namespace=namespace)
         vars(namespace).pop(_CONFIG_DEST, None)
+        given = vars(namespace).pop(_GIVEN, set())
         if remaining and not return_remaining_strings:
             self.error(self._unrecognized(remaining))
         missing = [f"--{flag.name}" for flag in self._flags
-                   if flag.required and not hasattr(namespace, flag.name)]
+                   if flag.required and not hasattr(namespace, flag.dest)]
         if missing:
             self.error(f"the following arguments are required: {', '.join(missing)}")
         outputs: list[Any] = []
         for owner in self.dataclass_types:
-            inputs = {flag.name: vars(namespace).pop(flag.name) for flag in self._flags
-                      if flag.owner is owner and hasattr(namespace, flag.name)}
+            inputs = {flag.name: vars(namespace).pop(flag.dest) for flag in self._flags
+                      if flag.owner is owner and hasattr(namespace, flag.dest)}
+            for flag in self._flags:
+                # A deprecated name given, and its field only at its default: the name's
+                # value is the one asked for (the constructor checks the pair when both
+                # were given).
+                if flag.owner is owner and flag.deprecated and flag.name in inputs and \
+                        flag.replaces in inputs and flag.replaces not in given:
+                    del inputs[flag.replaces]
             try:
                 outputs.append(owner(**inputs))
             except (ValueError, TypeError) as error:
@@ -215,11 +289,11 @@ class ArgumentParser(argparse.ArgumentParser):
         scalar given for a list field becomes a one-item list. Unknown keys raise a
         ValueError unless ``allow_extra_keys``."""
         values = self._coerce_mapping(data, allow_extra_keys)
-        missing = [flag.name for flag in self._flags if flag.required and flag.name not in values]
+        missing = [flag.name for flag in self._flags if flag.required and flag.dest not in values]
         if missing:
             raise ValueError(f"missing required values: {', '.join(missing)}")
-        return tuple(owner(**{flag.name: values[flag.name] for flag in self._flags
-                              if flag.owner is owner and flag.name in values})
+        return tuple(owner(**{flag.name: values[flag.dest] for flag in self._flags
+                              if flag.owner is owner and flag.dest in values})
                      for owner in self.dataclass_types)
 
     def parse_json_file(self, json_file: str | os.PathLike, allow_extra_keys: bool = False
@@ -274,7 +348,7 @@ class ArgumentParser(argparse.ArgumentParser):
         return found.config
 
     def _coerce_mapping(self, data: Any, allow_extra_keys: bool = False) -> dict[str, Any]:
-        """``{field name: value}`` from a config mapping, strings converted by field type."""
+        """``{dest: value}`` from a config mapping, strings converted by field type."""
         if not isinstance(data, Mapping):
             raise ValueError(f"expected a mapping of argument names to values, got "
                              f"{type(data).__name__}")
@@ -287,10 +361,10 @@ class ArgumentParser(argparse.ArgumentParser):
                 unknown.append(str(key))
                 continue
             value = _coerce(flag, key, value)
-            if flag.name in values and _differ(values[flag.name], value):
-                raise ValueError(f"{given_as[flag.name]!r} and {key!r} name the same argument "
-                                 f"with different values ({values[flag.name]!r}, {value!r})")
-            values[flag.name], given_as[flag.name] = value, key
+            if flag.dest in values and _differ(values[flag.dest], value):
+                raise ValueError(f"{given_as[flag.dest]!r} and {key!r} name the same argument "
+                                 f"with different values ({values[flag.dest]!r}, {value!r})")
+            values[flag.dest], given_as[flag.dest] = value, key
         if unknown and not allow_extra_keys:
             hints = "; ".join(f"{key!r}{did_you_mean(key, self._flags_by_key)}" for key in unknown)
             raise ValueError(f"unknown keys: {hints}")
@@ -327,10 +401,21 @@ def _dedupe(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+class _BoolOrText:
+    """The read type of a ``bool | str`` field: a boolean word is a bool, other text stays
+    text (``--include_num_input_tokens_seen non_padding``; bare, the flag is True)."""
+
+
+class _JsonOrText:
+    """The read type of a ``dict | str`` field: text, checked to be a JSON object when it
+    starts with ``{`` (other text is a path to transformers)."""
+
+
 def _strip_optional(name: str, hint: Any) -> Any:
     """The type a union field reads: X for ``X | None``; for a union with ``str``, the
-    other type (Hugging Face's rule), except that a list member wins (several values)
-    and a dict member is read as a JSON object."""
+    other type (Hugging Face's rule), except that a list member wins (several values),
+    a dict member reads JSON objects (other text stays text), a bool member reads
+    boolean words (other text stays text), and a Literal member leaves it text."""
     if get_origin(hint) not in (Union, types.UnionType):
         return hint
     members = [m for m in get_args(hint) if m is not type(None)]
@@ -341,10 +426,14 @@ def _strip_optional(name: str, hint: Any) -> Any:
             return member
     for member in members:
         if get_origin(member) is dict or member is dict:
-            return member
+            return _JsonOrText if str in members else member
     if str in members:
         others = [m for m in members if m is not str]
-        return others[0] if len(others) == 1 else str
+        if others == [bool]:
+            return _BoolOrText
+        if len(others) == 1 and get_origin(others[0]) is not Literal:
+            return others[0]
+        return str
     raise ValueError(f"field {name}: unsupported type {hint}; use X | None, or a union "
                      f"with str")
 
@@ -357,9 +446,13 @@ def _converter(name: str, hint: Any, choices: Any) -> tuple[Callable[[str], Any]
         elif isinstance(hint, type) and issubclass(hint, enum.Enum):
             choices = list(hint)
     if choices is not None:
-        return _choice_converter(choices)
+        return _choice_converter(name, choices)
     if hint is bool:
         return string_to_bool, None
+    if hint is _BoolOrText:
+        return _bool_or_text, None
+    if hint is _JsonOrText:
+        return _json_or_text, "JSON"
     if get_origin(hint) is dict or hint is dict:
         return _json_object, "JSON"
     if hint is Any:
@@ -369,10 +462,23 @@ def _converter(name: str, hint: Any, choices: Any) -> tuple[Callable[[str], Any]
     raise ValueError(f"field {name}: unsupported type {hint} for a command-line flag")
 
 
-def _choice_converter(choices: Any) -> tuple[Callable[[str], Any], str]:
+def _bool_or_text(text: str) -> bool | str:
+    return string_to_bool(text) if text.strip().lower() in _TRUE + _FALSE else text
+
+
+def _json_or_text(text: str) -> str:
+    """The text itself, checked to be a JSON object when it looks like one: the dataclass
+    reads it (transformers types the string leaves of a JSON given as text)."""
+    if text.lstrip().startswith("{"):
+        _json_object(text)
+    return text
+
+
+def _choice_converter(name: str, choices: Any) -> tuple[Callable[[str], Any], str]:
     """A converter accepting the text of one of ``choices`` (enum members by value).
-    ``choices`` may be a callable, asked at conversion time so that values that
-    become valid later (an optimizer registered after the parser was built) count."""
+    ``choices`` may be a callable or a lazy sequence, asked at conversion time so that
+    values that become valid later (an optimizer registered after the parser was
+    built) count. Long lists are named in the usage line, not spelled out."""
     def table() -> dict[str, Any]:
         values = choices() if callable(choices) else choices
         return {str(v.value if isinstance(v, enum.Enum) else v): v for v in values}
@@ -385,7 +491,10 @@ def _choice_converter(choices: Any) -> tuple[Callable[[str], Any], str]:
             f"invalid choice {text!r}; valid values: {', '.join(by_text)}."
             f"{did_you_mean(text, by_text)}")
 
-    return choice, "{" + ",".join(table()) + "}"
+    listed = list(table())
+    if len(listed) > _MAX_LISTED_CHOICES:
+        return choice, name.upper()
+    return choice, "{" + ",".join(listed) + "}"
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -8,10 +8,12 @@ the data's; ``--config FILE`` (JSON or YAML) gives any of them, flags win.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 
 __all__ = ["main", "DataArguments", "DEMO_DEFAULTS"]
@@ -53,20 +55,44 @@ def _given(argv: list[str], name: str) -> bool:
                for token in argv if token.startswith("--"))
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                     argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, and the epilog's lines (the optimizer list) kept as written."""
+
+
+def _setup_error(args) -> str | None:
+    """What would stop the run after training has started, found before it starts."""
+    try:  # the first checkpoint is written there: find out now whether it can be
+        os.makedirs(args.output_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.output_dir):
+            pass
+    except OSError as error:
+        return f"--output_dir {args.output_dir}: cannot write there ({error.strerror or error})"
+    resume = args.resume_from_checkpoint
+    if resume and not os.path.isdir(resume):
+        return f"--resume_from_checkpoint {resume}: no such checkpoint folder"
+    return None
+
+
 def train_command(argv: list[str]) -> int:
     from pytrainer import ArgumentParser, Trainer, TrainingArguments
     from pytrainer.examples.byte_gpt import ByteGPT, ByteGPTConfig
     from pytrainer.examples.corpus import ByteBlocks, read_corpus, split
+    from pytrainer.optim.registry import availability_report
     from pytrainer.trainer import checkpoint as ckpt
     from pytrainer.utils.plot import plot_losses
     from pytrainer.utils.seed import set_seed
 
     parser = ArgumentParser([TrainingArguments, ByteGPTConfig, DataArguments],
-                            prog="pytrainer train", description=__doc__.split("\n\n")[1])
+                            prog="pytrainer train", description=__doc__.split("\n\n")[1],
+                            epilog=availability_report(), formatter_class=_HelpFormatter)
     parser.set_defaults(**DEMO_DEFAULTS)
     args, model_config, data_args = parser.parse_args_into_dataclasses(argv)
     if not any(_given(argv, name) for name in _RUN_FLAGS):
         args.do_train = args.do_eval = True  # none given: train and evaluate
+    problem = _setup_error(args)
+    if problem:
+        parser.error(problem)
 
     set_seed(args.seed)  # before the model is built: its initial weights follow the seed
     try:
@@ -80,8 +106,11 @@ def train_command(argv: list[str]) -> int:
         parser.error("the held-out text is shorter than one block; raise eval_fraction or "
                      "max_train_bytes, or lower block_size")
     model = ByteGPT(model_config)
-    trainer = Trainer(model, args, train_dataset=train_set if args.do_train else None,
-                      eval_dataset=eval_set)
+    try:
+        trainer = Trainer(model, args, train_dataset=train_set if args.do_train else None,
+                          eval_dataset=eval_set)
+    except (ValueError, ImportError) as error:  # arguments the Trainer refuses (report_to, ...)
+        parser.error(" ".join(str(error).split()))
     main_process = trainer.dist.is_main
     if main_process:
         n_params = sum(p.numel() for p in model.parameters())
@@ -125,10 +154,12 @@ def train_command(argv: list[str]) -> int:
             print(f"  {key:<28} {value:.4f}" if isinstance(value, float) else f"  {key:<28} {value}")
         print(f"\nwrote {path}" + (f" and {plot}" if plot else " (no plot: matplotlib is not "
                                                         "installed)"))
-        if data_args.sample_length and args.do_train:
-            import torch
-            sample = model.generate(b"def ", data_args.sample_length,
-                                    generator=torch.Generator().manual_seed(args.seed))
+    if data_args.sample_length and args.do_train:
+        # on every rank: each forward of a sharded (FSDP2) model is a collective
+        import torch
+        sample = model.generate(b"def ", data_args.sample_length,
+                                generator=torch.Generator().manual_seed(args.seed))
+        if main_process:
             print("\nsample:\n" + sample.decode("utf-8", errors="replace"))
     trainer.close()
     return 0
@@ -138,6 +169,7 @@ USAGE = """usage: pytrainer <command> [flags]
 
 commands:
   train    train a byte-level GPT with pytrainer's Trainer (pytrainer train --help)
+  env      print the versions, the kernels' build and the GPUs, for a bug report
 """
 
 
@@ -149,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         return train_command(rest)
+    if command == "env":
+        from pytrainer.env_report import main as env_command
+        return env_command(rest)
     print(f"pytrainer: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
     return 2
 

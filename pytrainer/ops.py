@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from pytrainer import _build_info
+
 __all__ = ["KernelsUnavailableError", "available", "device_types", "has_kernels", "cpu_isa",
            "cpu_isas", "set_cpu_isa", "require", "BUILD_HINT"]
 
@@ -16,6 +18,9 @@ BUILD_HINT = (
 )
 
 try:
+    # A module built against another torch fails to load with an undefined symbol (or
+    # loads and crashes later): compare the torch it records before loading it.
+    _build_info.check_torch(str(torch.__version__), torch.version.cuda)
     from pytrainer import _C  # noqa: F401  (importing it registers torch.ops.pytrainer.*)
     _IMPORT_ERROR: BaseException | None = None
 except ImportError as error:  # not built, or built against another torch

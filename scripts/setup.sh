@@ -19,7 +19,11 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "${PIP[@]}" install -q "$TORCH_SPEC"
 fi
 "${PIP[@]}" install -q -r requirements/dev.txt
-echo "setup: building pytrainer's kernels (torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'))"
+# What is built and how to build faster: pip -q hides the build's output, so say it
+# here (and keep the build from repeating it on the terminal).
+"$VENV/bin/python" setup.py plan
+start=$(date +%s)
 # No build isolation: the kernels must be compiled against the torch above.
-"${PIP[@]}" install -q --no-build-isolation --no-deps -e .
+PYTRAINER_BUILD_NOTICE=0 "${PIP[@]}" install -q --no-build-isolation --no-deps -e .
+echo "setup: built in $(( $(date +%s) - start )) s"
 "$VENV/bin/python" -c "from pytrainer import ops; print('setup: kernels for', ', '.join(ops.device_types()), '| CPU:', ops.cpu_isa())"

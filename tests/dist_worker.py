@@ -4,7 +4,9 @@ parameters, the log history and the evaluation metrics."""
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 
 import torch
 
@@ -24,14 +26,57 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
+class RaiseAt(TrainerCallback):
+    """Rank `rank` fails after step `step`, noting the time in `marker`."""
+
+    def __init__(self, rank, step, marker):
+        self.rank, self.step, self.marker = rank, step, marker
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step and int(os.environ.get("RANK", 0)) == self.rank:
+            with open(self.marker, "w") as file:
+                file.write(repr(time.time()))
+            raise RuntimeError(f"rank {self.rank} fails after step {self.step}")
+
+
+class NanAt(TrainerCallback):
+    """The loss of update `step` is NaN on rank `rank` (None: every rank)."""
+
+    def __init__(self, model, step, rank=None):
+        self.step, self.rank, self.now = step, rank, False
+        model.register_forward_hook(self.poison)
+
+    def poison(self, module, inputs, outputs):
+        if self.now and module.training:
+            outputs["loss"] = outputs["loss"] * float("nan")
+        return outputs
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        rank = int(os.environ.get("RANK", 0))
+        self.now = state.global_step + 1 == self.step and self.rank in (None, rank)
+
+
+def gpt2():
+    """A tiny transformers GPT-2, its output layer tied to its embedding."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False)
+    return GPT2LMHeadModel(config)
+
+
+def setting(name):
+    """(train set, model, collator, evaluation set) of a model name."""
+    if name == "token":
+        return TokenDataset(48), TokenModel(), PaddingCollator(), TokenDataset(13, seed=5)
+    if name == "gpt2":  # 9 evaluation samples, batches of 4: 2 batches on rank 0, 1 on rank 1
+        return TokenDataset(48), gpt2(), PaddingCollator(), TokenDataset(9, seed=5)
+    return RegressionDataset(64), RegressionModel(), None, RegressionDataset(13, seed=5)
+
+
 def main(config_path: str, out_path: str) -> None:
     config = json.loads(open(config_path).read())
-    if config["model"] == "token":
-        train, model, collator = TokenDataset(48), TokenModel(), PaddingCollator()
-        evaluation = TokenDataset(13, seed=5)
-    else:
-        train, model, collator = RegressionDataset(64), RegressionModel(), None
-        evaluation = RegressionDataset(13, seed=5)
+    train, model, collator, evaluation = setting(config["model"])
     fields = dict(output_dir=config["output_dir"], use_cpu=True, report_to="none",
                   disable_tqdm=True, logging_steps=2, save_strategy="no", seed=7,
                   per_device_eval_batch_size=4)
@@ -45,6 +90,10 @@ def main(config_path: str, out_path: str) -> None:
                       data_collator=collator, optimizers=optimizers)
     if config.get("stop_at"):
         trainer.add_callback(StopAt(config["stop_at"]))
+    if config.get("raise_at"):
+        trainer.add_callback(RaiseAt(**config["raise_at"]))
+    if config.get("nan_at"):
+        trainer.add_callback(NanAt(model, **config["nan_at"]))
     trainer.train(resume_from_checkpoint=config.get("resume"))
     metrics = trainer.evaluate()
     state = trainer.model.state_dict()
@@ -61,7 +110,9 @@ def main(config_path: str, out_path: str) -> None:
             json.dump({"params": {k: v.float().flatten().tolist() for k, v in state.items()},
                        "history": history, "eval_loss": metrics["eval_loss"],
                        "world_size": trainer.dist.world_size,
-                       "global_step": trainer.state.global_step}, file)
+                       "global_step": trainer.state.global_step,
+                       "tied": config["model"] == "gpt2" and
+                       model.lm_head.weight is model.transformer.wte.weight}, file)
     trainer.close()
 
 

@@ -241,14 +241,6 @@ def test_non_contiguous_matrix_rejected(device):
         Adafactor([p]).step()
 
 
-def test_sparse_grads_rejected(device):
-    emb = torch.nn.Embedding(10, 4, sparse=True).to(device)
-    opt = Adafactor(emb.parameters())
-    emb(torch.tensor([1, 2], device=device)).sum().backward()
-    with pytest.raises(RuntimeError, match="sparse"):
-        opt.step()
-
-
 def test_float64_params_rejected():
     with pytest.raises(ValueError, match="float64"):
         Adafactor([torch.nn.Parameter(torch.randn(3, dtype=torch.float64))])

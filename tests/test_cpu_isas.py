@@ -17,13 +17,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from pytrainer import ops
-from pytrainer.optim import Adafactor, AnyPrecisionAdamW, FusedAdamW
+from tests.optim_db import KERNEL_OPTIMS, OptimInfo, optims
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason="compiled kernels not built")
 
@@ -100,61 +101,45 @@ def assert_most_params_moved(results: dict[str, list[torch.Tensor]], finite: boo
     assert moved.float().mean() > 0.1, f"only {moved.float().mean():.0%} moved"
 
 
-ELEMENTWISE = {
-    "adamw": lambda ps: FusedAdamW(ps, lr=1e-2, betas=(0.0, 0.5), weight_decay=0.1),
-    "adamw-amsgrad": lambda ps: FusedAdamW(ps, lr=1e-2, betas=(0.0, 0.5), amsgrad=True),
-    "anyprecision-kahan": lambda ps: AnyPrecisionAdamW(
-        ps, lr=1e-2, weight_decay=0.1, momentum_dtype=torch.bfloat16,
-        variance_dtype=torch.bfloat16, compensation_buffer_dtype=torch.bfloat16),
-    "anyprecision-nearest": lambda ps: AnyPrecisionAdamW(
-        ps, lr=1e-2, momentum_dtype=torch.float16, variance_dtype=torch.bfloat16,
-        use_kahan_summation=False),
-    "anyprecision-f32-states": lambda ps: AnyPrecisionAdamW(
-        ps, lr=1e-2, momentum_dtype=torch.float32, variance_dtype=torch.float32,
-        compensation_buffer_dtype=torch.float16),
-    # torchdistx's default states (float32 momentum), a loop of its own
-    "anyprecision-default-states": lambda ps: AnyPrecisionAdamW(ps, lr=1e-2, weight_decay=0.1),
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+BITWISE_BASE = [info for info in KERNEL_OPTIMS if info.same_bits_on_every_isa is not None]
+_ANYPRECISION = next(info for info in BITWISE_BASE if info.name == "anyprecision-kahan")
+BITWISE = BITWISE_BASE + [
+    # torchdistx's default states (float32 momentum, nearest rounding): a loop of its own
+    replace(_ANYPRECISION, name="anyprecision-default-states", kwargs=dict(lr=1e-2,
+                                                                           weight_decay=0.1)),
     # beta1 = 0: the new momentum is the grad itself, rounded to bfloat16 as stored,
     # so the edge values (ties, NaN payloads) of float32 grads reach the rounding as they are
-    "anyprecision-grads-to-bfloat16": lambda ps: AnyPrecisionAdamW(
-        ps, lr=1e-2, betas=(0.0, 0.5), momentum_dtype=torch.bfloat16,
-        variance_dtype=torch.float16, use_kahan_summation=False),
-}
-DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+    replace(_ANYPRECISION, name="anyprecision-grads-to-bfloat16", kwargs=dict(
+        lr=1e-2, betas=(0.0, 0.5), momentum_dtype=torch.bfloat16, variance_dtype=torch.float16)),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", list(ELEMENTWISE))
-def test_every_isa_stores_the_bits_of_the_portable_build(name, dtype):
-    results = {isa: run(isa, ELEMENTWISE[name], dtype, finite=False) for isa in ops.cpu_isas()}
-    assert_most_params_moved(results, finite=False)
+@optims(BITWISE)
+def test_every_isa_stores_the_bits_of_the_portable_build(info, dtype):
+    make = lambda ps: info.make(ps, **info.same_bits_on_every_isa)  # noqa: E731
+    results = {isa: run(isa, make, dtype, finite=info.finite_only) for isa in ops.cpu_isas()}
+    assert_most_params_moved(results, finite=info.finite_only)
     assert_same_values(results, "DEFAULT")
 
 
-def adamw(params):
-    return FusedAdamW(params, lr=1e-2, weight_decay=0.1)
-
-
-def adamw_amsgrad(params):
-    return FusedAdamW(params, lr=1e-2, weight_decay=0.1, amsgrad=True)
-
-
-def adafactor(params):
-    return Adafactor(params, lr=1e-2, relative_step=False, scale_parameter=True, beta1=0.9,
-                     weight_decay=0.1)
+# vectors, and for factored states a matrix and a batch of matrices
+SHAPES = [(N,)]
+FACTORED_SHAPES = [(N,), (61, 67), (3, 20, 60)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("make, shape, finite", [
-    (adamw, (N,), False), (adamw_amsgrad, (N,), False),
-    # Adafactor's norms spread one NaN or inf over the whole tensor: finite values
-    (adafactor, (N,), True), (adafactor, (61, 67), True), (adafactor, (3, 20, 60), True),
-], ids=["adamw", "adamw-amsgrad", "adafactor-vector", "adafactor-matrix", "adafactor-batched"])
-def test_avx512_bf16_stores_the_bits_of_avx512(dtype, make, shape, finite):
+@pytest.mark.parametrize("info, shape", [
+    (info, shape) for info in KERNEL_OPTIMS
+    for shape in (FACTORED_SHAPES if info.factored else SHAPES)],
+    ids=lambda v: repr(v) if isinstance(v, OptimInfo) else "x".join(map(str, v)))
+def test_avx512_bf16_stores_the_bits_of_avx512(dtype, info, shape):
     if "AVX512_BF16" not in ops.cpu_isas():
         pytest.skip("this CPU has no AVX512-BF16")
-    results = {isa: run(isa, make, dtype, finite, shape) for isa in ("AVX512_BF16", "AVX512")}
-    assert_most_params_moved(results, finite)
+    results = {isa: run(isa, info.make, dtype, info.finite_only, shape)
+               for isa in ("AVX512_BF16", "AVX512")}
+    assert_most_params_moved(results, info.finite_only)
     assert_same_values(results, "AVX512")
 
 

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,21 +22,35 @@ pytestmark = [pytest.mark.skipif(not ops.available(), reason="compiled kernels n
                                  reason="torch.distributed is not available")]
 
 
-def launch(tmp_path, name, config, nproc=2):
-    """Runs the worker (under torchrun when nproc > 1); returns its result."""
-    config = dict(config, output_dir=str(tmp_path / config.get("dir", name)))
-    config_path, out_path = tmp_path / f"{name}.json", tmp_path / f"{name}.out.json"
-    config_path.write_text(json.dumps(config))
+def torchrun(*args, nproc=2):
+    """The command line of a torchrun launch on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", *args]
+
+
+def clean_env():
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
+    return env
+
+
+def run_worker(tmp_path, name, config, nproc=2, timeout=600):
+    """Runs the worker (under torchrun when nproc > 1); returns the finished process
+    and the path of its result."""
+    config = dict(config, output_dir=str(tmp_path / config.get("dir", name)))
+    config_path, out_path = tmp_path / f"{name}.json", tmp_path / f"{name}.out.json"
+    config_path.write_text(json.dumps(config))
     worker = [str(ROOT / "tests" / "dist_worker.py"), str(config_path), str(out_path)]
-    if nproc > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={nproc}", *worker]
-    else:
-        command = [sys.executable, *worker]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    command = torchrun(*worker, nproc=nproc) if nproc > 1 else [sys.executable, *worker]
+    done = subprocess.run(command, env=clean_env(), capture_output=True, text=True,
+                          timeout=timeout)
+    return done, out_path
+
+
+def launch(tmp_path, name, config, nproc=2):
+    """Runs the worker (under torchrun when nproc > 1); returns its result."""
+    done, out_path = run_worker(tmp_path, name, config, nproc)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return json.loads(out_path.read_text())
 
@@ -81,9 +96,11 @@ def test_two_ranks_of_batch_4_equal_one_process_of_batch_8(tmp_path, case):
 
 
 def test_resumed_two_rank_run_equals_the_uninterrupted_one(tmp_path):
+    # logs at 3, 6, 9, 12: checkpoint 8 holds a loss sum of two updates of both ranks
     base = dict(model="regression", args=dict(
         optim="adamw_custom_fused", learning_rate=0.05, per_device_train_batch_size=4,
-        gradient_accumulation_steps=2, save_strategy="steps", save_steps=4, max_steps=12))
+        gradient_accumulation_steps=2, save_strategy="steps", save_steps=4, max_steps=12,
+        logging_steps=3))
     full = launch(tmp_path, "full", base)
     launch(tmp_path, "first", dict(base, dir="interrupted", stop_at=8))
     assert {p.name for p in (tmp_path / "interrupted").iterdir() if p.name.startswith("checkpoint")} \
@@ -118,6 +135,66 @@ def test_fsdp2_shards_train_like_one_process(tmp_path, optim):
         tmp_path / "two" / "checkpoint-3"), args=dict(config["args"], fsdp2=True,
                                                       per_device_train_batch_size=4)))
     assert_params_close(two, resumed, rel=1e-6)
+
+
+@pytest.mark.skipif(not fsdp2_available(), reason="torch.distributed.fsdp.fully_shard missing")
+def test_fsdp2_trains_a_transformers_gpt2_with_tied_embeddings_like_one_process(tmp_path):
+    """Each block of its ModuleList is a unit, the tied embedding and output layer
+    stay in the root's group. A NaN loss on one rank only skips the update on every
+    rank (as one process skips it), and an evaluation set that gives the ranks
+    different numbers of batches (9 samples, batches of 4) neither hangs nor
+    counts the padding."""
+    pytest.importorskip("transformers")
+    config = dict(model="gpt2", accumulation=2, args=dict(
+        optim="adamw_custom_fused", learning_rate=0.01, gradient_accumulation_steps=2,
+        max_steps=5, logging_steps=1))
+    one = launch(tmp_path, "one", dict(config, nan_at=dict(step=3), args=dict(
+        config["args"], per_device_train_batch_size=8)), 1)
+    two = launch(tmp_path, "two", dict(config, nan_at=dict(step=3, rank=1), args=dict(
+        config["args"], fsdp2=True, per_device_train_batch_size=4)))
+    assert two["tied"] and one["tied"]
+    assert two["global_step"] == one["global_step"] == 5
+    assert_params_close(one, two)
+    skipped = lambda run: [e["nonfinite_update_skipped"] for e in run["history"]
+                           if "nonfinite_update_skipped" in e]
+    assert skipped(one) == skipped(two) == [3]
+    losses = lambda run: [e["loss"] for e in run["history"] if "loss" in e]
+    assert len(losses(two)) == 4 and losses(two) == pytest.approx(losses(one), rel=1e-5)
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-5)
+
+
+def test_fsdp2_units_are_the_blocks_and_leave_tied_weights_to_the_root():
+    from pytrainer.examples.byte_gpt import ByteGPT, ByteGPTConfig
+    from pytrainer.trainer.parallel import fsdp2_units
+
+    model = ByteGPT(ByteGPTConfig(n_layer=3, n_head=2, n_embd=16, block_size=8))
+    model.frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    model.extra = torch.nn.ParameterList([torch.nn.Parameter(torch.ones(2))])
+    units = fsdp2_units(model)
+    assert [id(u) for u in units] == [id(m) for m in (model.wpe, *model.blocks, model.ln_f)]
+
+
+@pytest.mark.skipif(not fsdp2_available(), reason="torch.distributed.fsdp.fully_shard missing")
+def test_a_user_optimizer_with_fsdp2_is_an_error(tmp_path):
+    done, _ = run_worker(tmp_path, "user", dict(model="regression", sgd=True,
+                                                 args=dict(fsdp2=True)))
+    assert done.returncode != 0
+    assert "optimizer passed in `optimizers`" in done.stderr
+    assert "let the Trainer create it" in done.stderr
+    assert "optimizer_cls_and_kwargs" in done.stderr
+
+
+def test_a_rank_that_raises_exits_within_seconds(tmp_path):
+    """Its peer waits in the next update's all-reduce; the failed rank must not wait
+    for it in a barrier (until ddp_timeout) but exit, so torchrun stops the run."""
+    marker = tmp_path / "raised"
+    done, _ = run_worker(tmp_path, "fails", dict(
+        model="regression", raise_at=dict(rank=1, step=2, marker=str(marker)),
+        args=dict(ddp_timeout=300, max_steps=10)), timeout=280)
+    ended = time.time()
+    assert done.returncode != 0
+    assert "rank 1 fails after step 2" in done.stderr
+    assert ended - float(marker.read_text()) < 60
 
 
 def _free_port():

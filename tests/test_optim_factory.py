@@ -3,7 +3,6 @@ AdamWHF against a plain-tensor reference of Hugging Face's AdamW."""
 from __future__ import annotations
 
 import io
-import math
 import sys
 import types
 
@@ -12,8 +11,10 @@ import torch
 from torch import nn
 
 from pytrainer import TrainingArguments
-from pytrainer.optim import (AdamWHF, AnyPrecisionAdamW, FusedAdamW, create_optimizer, get_decay_parameter_names,
-                             get_optimizer_spec, optimizer_names)
+from pytrainer.optim import (AdamWHF, OptimizerConfig, build_optimizer, create_optimizer,
+                             get_decay_parameter_names, optimizer_names)
+from tests.optim_db import OPTIMS
+from tests.reference.hf_adamw import adamw_hf_step
 
 
 class MyRMSNorm(nn.Module):
@@ -140,13 +141,13 @@ def test_no_trainable_parameters_is_an_error():
 
 
 # ----------------------------------------------------------- each optimizer name
-@pytest.mark.parametrize("name,cls", [
-    ("adamw_hf", AdamWHF),
-    ("adamw_torch", torch.optim.AdamW),
-    ("adamw_torch_fused", torch.optim.AdamW),
-    ("adamw_custom_fused", FusedAdamW),
-    ("adamw_anyprecision", AnyPrecisionAdamW),
-])
+# torch's optimizers by the names Hugging Face gives them; pytrainer's from the
+# optimizer database
+NAMES = [("adamw_torch", torch.optim.AdamW), ("adamw_torch_fused", torch.optim.AdamW)] + list(
+    dict.fromkeys((info.registry_name, info.cls) for info in OPTIMS if info.registry_name))
+
+
+@pytest.mark.parametrize("name,cls", NAMES, ids=[name for name, _ in NAMES])
 def test_create_optimizer_for_every_available_name(name, cls):
     torch.manual_seed(0)
     model = TinyLM()
@@ -168,16 +169,26 @@ def test_every_name_of_the_issue_is_registered():
 
 
 def test_optim_args_are_rejected_by_optimizers_that_take_none():
-    args = TrainingArguments(optim="adamw_torch", optim_args="amsgrad=true")
+    # at construction of the arguments (a setup error), and by the builder itself
+    with pytest.raises(ValueError, match="optim='adamw_torch' with optim_args='amsgrad=true'.*"
+                                         "takes no optim_args"):
+        TrainingArguments(optim="adamw_torch", optim_args="amsgrad=true")
+    config = OptimizerConfig(optim_args={"amsgrad": "true"})
     with pytest.raises(ValueError, match="takes no optim_args"):
-        create_optimizer(TinyLM(), args)
+        build_optimizer("adamw_torch", [{"params": list(TinyLM().parameters())}], config)
 
 
 def test_apex_missing_suggests_the_custom_fused_optimizer(monkeypatch):
     monkeypatch.setitem(sys.modules, "apex", None)
     monkeypatch.setitem(sys.modules, "apex.optimizers", None)
+    # TrainingArguments refuses it with what to install and what to use instead ...
+    with pytest.raises(ValueError, match="optim='adamw_apex_fused' needs apex.*"
+                                         "adamw_custom_fused"):
+        TrainingArguments(optim="adamw_apex_fused")
+    # ... and a builder called directly (a custom loop) says the same at build time
     with pytest.raises(ImportError, match="adamw_custom_fused"):
-        create_optimizer(TinyLM(), TrainingArguments(optim="adamw_apex_fused"))
+        build_optimizer("adamw_apex_fused", [{"params": list(TinyLM().parameters())}],
+                        OptimizerConfig())
 
 
 def test_apex_fused_adam_is_built_with_the_arguments(monkeypatch):
@@ -206,23 +217,14 @@ def test_pending_optimizers_fail_clearly(monkeypatch):
 
 
 # ------------------------------------------------------------------- AdamWHF
-def _reference_adamw_hf(params, grads_per_step, *, lr, betas, eps, weight_decay, correct_bias):
+def _reference_adamw_hf(params, grads_per_step, **hyper):
     """Hugging Face's AdamW written out on plain tensors, step by step."""
-    beta1, beta2 = betas
     params = [p.clone() for p in params]
-    ms = [torch.zeros_like(p) for p in params]
-    vs = [torch.zeros_like(p) for p in params]
-    for t, grads in enumerate(grads_per_step, start=1):
+    states = [{"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+              for p in params]
+    for grads in grads_per_step:
         for i, g in enumerate(grads):
-            ms[i] = ms[i] * beta1 + (1 - beta1) * g
-            vs[i] = vs[i] * beta2 + (1 - beta2) * g * g
-            denom = vs[i].sqrt() + eps
-            step_size = lr
-            if correct_bias:
-                step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
-            params[i] = params[i] - step_size * (ms[i] / denom)
-            if weight_decay > 0:
-                params[i] = params[i] - lr * weight_decay * params[i]
+            params[i] = adamw_hf_step(params[i], g, states[i], **hyper)
     return params
 
 

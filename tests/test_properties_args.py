@@ -38,9 +38,13 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from pytrainer import ArgumentParser, TrainingArguments
+from pytrainer.deprecated_args import DEPRECATED
 from pytrainer.training_args import INTERVAL_STRATEGIES, SAVE_STRATEGIES, SCHEDULER_TYPES
 
 yaml = pytest.importorskip("yaml")
+
+# The fuzzed input uses transformers 4.x names too; their FutureWarnings are expected.
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 _COMMON = dict(derandomize=True, database=None, deadline=None, print_blob=False,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -59,8 +63,8 @@ def fast(max_examples: int):
 PROG = "train.py"
 FIELDS = {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
 HINTS = typing.get_type_hints(TrainingArguments)
-#: every name a message may use for a field
-FIELD_NAMES = set(FIELDS) | {"evaluation_strategy"}
+#: every name a message may use for a field (the transformers 4.x names included)
+FIELD_NAMES = set(FIELDS) | set(DEPRECATED)
 
 
 _PARSER: ArgumentParser | None = None
@@ -184,6 +188,16 @@ def test_random_command_lines_parse_or_exit_2_with_one_line(argv):
     run_parser(argv)
 
 
+def _literal_choices(hint) -> list:
+    """The values of a Literal type, or of the Literal member of a union."""
+    if typing.get_origin(hint) is typing.Literal:
+        return list(typing.get_args(hint))
+    for member in typing.get_args(hint):
+        if typing.get_origin(member) is typing.Literal:
+            return list(typing.get_args(member))
+    return []
+
+
 def _text_for(name: str):
     """A value for one field: its valid forms as text, and near misses."""
     hint = HINTS[name]
@@ -191,9 +205,7 @@ def _text_for(name: str):
     if "bool" in str(hint):
         base.append(st.sampled_from(["true", "false", "yes", "no", "1", "0", "maybe", "2"]))
     if "Literal" in str(hint):
-        choices = typing.get_args(typing.get_args(hint)[0] if typing.get_origin(hint) is
-                                  typing.Union else hint)
-        base.append(st.sampled_from(list(choices) or ["x"]))
+        base.append(st.sampled_from(_literal_choices(hint) or ["x"]))
     if name == "optim":
         base.append(st.sampled_from(optimizer_names()))
     if name.endswith("_steps") or name in ("seed", "data_seed", "max_steps"):
@@ -260,9 +272,7 @@ def _valid_value(name: str):
     """A valid (or nearly valid) value of one field, as JSON/YAML would hold it."""
     hint = HINTS[name]
     if "Literal" in str(hint):
-        choices = typing.get_args(typing.get_args(hint)[0] if typing.get_origin(hint) is
-                                  typing.Union else hint)
-        return st.sampled_from(list(choices))
+        return st.sampled_from(_literal_choices(hint))
     if name == "optim":
         return st.sampled_from(optimizer_names())
     if "bool" in str(hint):

@@ -48,6 +48,7 @@ Examples are derandomized (the same on every run, no database);
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 
@@ -58,8 +59,10 @@ from hypothesis import strategies as st
 
 from pytrainer import ops
 from pytrainer.optim import Adafactor, AnyPrecisionAdamW, FusedAdamW
+from pytrainer.optim._base import State
 from pytrainer.optim.anyprecision import resolve_state_dtype
 from tests.helpers import rounding_tolerance
+from tests.optim_db import KERNEL_OPTIMS, OptimInfo, one_per_class, optims_with
 from tests.reference.adafactor import adafactor_step, new_state
 from tests.reference.adamw import adamw_step
 from tests.reference.anyprecision import anyprecision_step, rounding_bits, rounding_key
@@ -617,22 +620,29 @@ def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
                                  if a.size(d) > 1)
 
 
-def _make_opt(name, p):
-    if name == "adamw":
-        return FusedAdamW([p], lr=1e-2, amsgrad=True)
-    return AnyPrecisionAdamW([p], lr=1e-2, use_kahan_summation=True)
+# the optimizers that update dense parameters of any layout (factored ones refuse
+# all but row-major), in their configuration with the most states
+ANY_LAYOUT = one_per_class(optims_with(KERNEL_OPTIMS, factored=False))
 
 
-@pytest.mark.parametrize("name", ["adamw", "anyprecision"])
-@pytest.mark.parametrize("which", ["grad", "state"])
+def _kernel_list(opt, key: str) -> str:
+    """The kernel argument (a tensor list) that takes state ``key``."""
+    rules = opt._state_lists(opt.param_groups[0])
+    return next(name for name, rule in rules.items() if isinstance(rule, State) and rule.key == key)
+
+
+@pytest.mark.parametrize("info, which", [
+    (info, which) for info in ANY_LAYOUT
+    for which in ["grad", *info.states(torch.empty(2, 2), info.kwargs)]],
+    ids=lambda v: repr(v) if isinstance(v, OptimInfo) else v)
 @fast(30)
 @given(layout=mismatched_layouts(), dtype=st.sampled_from(LOW_PRECISION))
-def test_grads_and_states_of_another_layout_are_refused(device, name, which, layout, dtype):
-    """A grad (or a state) with the param's shape but other strides: refused with an
-    error naming the tensor and both strides, nothing updated; the same layout works."""
+def test_grads_and_states_of_another_layout_are_refused(device, info, which, layout, dtype):
+    """A grad (or each state) with the param's shape but other strides: refused with
+    an error naming the tensor and both strides, nothing updated; the same layout works."""
     shape, perm, other = layout
     p = torch.nn.Parameter(empty_with_layout(shape, perm, dtype, device).normal_())
-    opt = _make_opt(name, p)
+    opt = info.make([p])
     p.grad = empty_with_layout(shape, perm, dtype, device).normal_()
     opt.step()  # creates the states in the param's layout
     state_keys = [k for k in opt.state[p] if k != "step"]
@@ -645,12 +655,12 @@ def test_grads_and_states_of_another_layout_are_refused(device, name, which, lay
         p.grad = wrong
         target = r"grads\[0\] has strides"
     else:
-        key = "exp_avg_sq"
+        key = which
         st_ = opt.state[p]
         st_[key] = empty_with_layout(shape, other, st_[key].dtype, device).copy_(st_[key])
         saved[key] = st_[key].clone()
         p.grad = empty_with_layout(shape, perm, dtype, device).normal_()
-        target = r"exp_avg_sqs\[0\] has strides"
+        target = _kernel_list(opt, key) + r"\[0\] has strides"
     if _same_layout(wrong, p):
         opt.step()
         assert opt.state[p]["step"].item() == 2
@@ -685,9 +695,14 @@ def _raises_naming(make, *names):
     assert "\n" not in message
 
 
+# the optimizers that take Adam's hyperparameters
+ADAM_CLASSES = [info.cls for info in one_per_class() if {"lr", "betas", "eps", "weight_decay"}
+                <= set(inspect.signature(info.cls).parameters)]
+
+
 @fast(50)
 @given(which=st.sampled_from(["lr", "beta1", "beta2", "eps", "weight_decay", "betas"]),
-       value=st.data(), cls=st.sampled_from([FusedAdamW, AnyPrecisionAdamW]))
+       value=st.data(), cls=st.sampled_from(ADAM_CLASSES))
 def test_adam_hyperparameter_validation(which, value, cls):
     if which == "lr":
         lr = value.draw(st.one_of(negative, st.just(math.nan), st.just(math.inf), not_numbers))
@@ -711,7 +726,7 @@ def test_adam_hyperparameter_validation(which, value, cls):
 @fast(50)
 @given(valid=st.fixed_dictionaries(dict(
     lr=lrs, beta1=betas_, beta2=betas_, eps=epss, weight_decay=weight_decays)),
-    cls=st.sampled_from([FusedAdamW, AnyPrecisionAdamW]))
+    cls=st.sampled_from(ADAM_CLASSES))
 def test_adam_valid_hyperparameters_are_accepted(valid, cls):
     cls(PARAMS(), lr=valid["lr"], betas=(valid["beta1"], valid["beta2"]), eps=valid["eps"],
         weight_decay=valid["weight_decay"])
@@ -721,7 +736,7 @@ def test_adam_valid_hyperparameters_are_accepted(valid, cls):
 
 @fast(30)
 @given(lr=st.one_of(negative, not_finite, st.just(torch.tensor([1e-3, 1e-3]))),
-       cls=st.sampled_from([FusedAdamW, AnyPrecisionAdamW]))
+       cls=st.sampled_from(ADAM_CLASSES))
 def test_adam_tensor_lr_validation(lr, cls):
     lr = lr if isinstance(lr, torch.Tensor) else torch.tensor(lr, dtype=torch.float64)
     _raises_naming(lambda: cls(PARAMS(), lr=lr), "lr", "learning rate")
@@ -779,11 +794,13 @@ def test_anyprecision_other_argument_validation(kwargs):
 
 @fast(20)
 @given(dtype=st.sampled_from([torch.float64, torch.int64, torch.complex64]),
-       cls=st.sampled_from([AnyPrecisionAdamW, Adafactor]))
-def test_unsupported_param_dtypes_are_refused_at_construction(dtype, cls):
+       info=st.sampled_from(one_per_class()))
+def test_unsupported_param_dtypes_are_refused_at_construction(dtype, info):
+    assume(dtype not in info.dtypes)
     p = torch.zeros(3, dtype=dtype)
-    with pytest.raises(ValueError, match=r"float32, bfloat16, float16|complex"):
-        cls([p])
+    supported = ", ".join(str(d).removeprefix("torch.") for d in info.dtypes)
+    with pytest.raises(ValueError, match=r"(complex|dtype).*supported dtypes: " + supported):
+        info.cls([p])
 
 
 @fast(50)

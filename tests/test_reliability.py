@@ -2,6 +2,7 @@
 damaged checkpoints, pickles that would run code, NaN/inf updates."""
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import shutil
@@ -16,7 +17,8 @@ import torch
 
 from pytrainer import Trainer
 from pytrainer.trainer import CheckpointError, NonFiniteLossError, TrainerCallback
-from pytrainer.trainer.checkpoint import latest_checkpoint, sorted_checkpoints
+from pytrainer.trainer.checkpoint import latest_checkpoint, load_model_weights, sorted_checkpoints
+from pytrainer.trainer.nonfinite import NonFiniteWatch, Reading
 from tests.trainer_fixtures import RegressionDataset, RegressionModel, args as make_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,3 +235,68 @@ def test_repeated_nans_stop_the_run_with_the_last_good_state_saved(tmp_path):
     load_model_weights(saved.model, str(tmp_path / "checkpoint-6"))
     good = snapshots.params[3]
     assert all(torch.equal(good[n], p) for n, p in params_of(saved.model).items())
+
+
+STEPPINGS = {  # how the update reaches the optimizer (pytrainer/trainer/stepping.py)
+    "step_scaled": dict(optim="adamw_custom_fused"),
+    "fused-protocol": dict(optim="adamw_torch_fused"),
+    "plain": dict(optim="adamw_torch"),
+    "fp16-grad-scaler": dict(optim="adamw_custom_fused", fp16=True),
+}
+
+
+@pytest.mark.parametrize("stepping", STEPPINGS)
+def test_nan_at_an_inner_and_at_the_last_step(tmp_path, device, stepping):
+    """Each skipped update is logged, also the last one (on CUDA the flags are read
+    a few updates late, and the rest at the end); with fp16 a NaN loss counts as a
+    skipped update; nonfinite_steps_limit stops the run also when it is reached
+    at the last step."""
+    def trainer(out, bad, **kwargs):
+        snapshots = Snapshots()
+        a = make_args(out, max_steps=8, per_device_train_batch_size=8,
+                      use_cpu=device.type == "cpu", **STEPPINGS[stepping], **kwargs)
+        return Trainer(NanAt(bad), a, train_dataset=RegressionDataset(64),
+                       callbacks=[snapshots]), snapshots
+
+    run, snapshots = trainer(tmp_path / "inner", {3, 8}, nonfinite_steps_limit=2)
+    assert run.device.type == device.type
+    assert run.train().global_step == 8
+    p = snapshots.params
+    assert all(torch.equal(p[2][n], p[3][n]) for n in p[2])
+    assert not all(torch.equal(p[3][n], p[4][n]) for n in p[3])
+    assert all(torch.equal(p[7][n], p[8][n]) for n in p[7])
+    skips = [(e["nonfinite_update_skipped"], e["step"]) for e in run.state.log_history
+             if "nonfinite_update_skipped" in e]
+    assert skips == [(3, 3), (8, 8)]
+    losses = [e["loss"] for e in run.state.log_history if "loss" in e]
+    assert losses and all(math.isfinite(x) for x in losses)
+
+    run, snapshots = trainer(tmp_path / "last", {7, 8}, nonfinite_steps_limit=2)
+    with pytest.raises(NonFiniteLossError, match=r"2 consecutive updates \(through step 8\)"):
+        run.train()
+    assert [e["nonfinite_update_skipped"] for e in run.state.log_history
+            if "nonfinite_update_skipped" in e] == [7, 8]
+    saved = RegressionModel()
+    load_model_weights(saved, str(tmp_path / "last" / "checkpoint-8"))
+    good = snapshots.params[6]
+    assert all(torch.equal(good[n], p.to(good[n].device)) for n, p in params_of(saved).items())
+
+
+def test_the_watch_reads_every_flag_in_order_and_late():
+    """The bookkeeping of CUDA's lagged reads, on CPU tensors: every update's flag
+    is read once, in order, ``lag`` updates after it; drain reads the rest."""
+    watch = NonFiniteWatch(torch.device("cpu"), streak=1, lag=2)
+    flags = [True, True, False, True, True, True]
+    readings = []
+    for step, flag in enumerate(flags, start=1):
+        due = watch.record(step, torch.tensor(flag))
+        assert [r.step for r in due] == ([step - 2] if step > 2 else [])
+        readings += due
+    assert watch.streak == 1  # read through step 4
+    readings += watch.drain()
+    assert watch.drain() == []
+    assert readings == [Reading(1, True, 2), Reading(2, True, 3), Reading(3, False, 0),
+                        Reading(4, True, 1), Reading(5, True, 2), Reading(6, True, 3)]
+    assert watch.streak == 3
+    immediate = NonFiniteWatch(torch.device("cpu"))
+    assert immediate.lag == 0 and immediate.record(1, torch.tensor(True)) == [Reading(1, True, 1)]

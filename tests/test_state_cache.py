@@ -10,42 +10,49 @@ import pytest
 import torch
 
 from pytrainer import ops
-from pytrainer.optim import AnyPrecisionAdamW, FusedAdamW
+from pytrainer.optim import AnyPrecisionAdamW
+from tests.optim_db import KERNEL_OPTIMS
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason="compiled kernels not built")
+every_optimizer = pytest.mark.parametrize("info", KERNEL_OPTIMS, ids=repr)
 
 
-def setup(n=3):
+def setup(info, n=3):
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(5)) for _ in range(n)]
     for p in params:
         p.grad = torch.ones_like(p)
-    opt = FusedAdamW(params, lr=0.1, weight_decay=0.0)
+    opt = info.make(params)
     opt.step()
     opt.step()  # the second step runs from the cached lists
     return params, opt
 
 
-def test_replacing_a_state_tensor_is_seen():
-    params, opt = setup()
-    fresh = torch.full((5,), 7.0)
-    opt.state[params[1]]["exp_avg"] = fresh
+@every_optimizer
+def test_replacing_a_state_tensor_is_seen(info):
+    params, opt = setup(info)
+    key = next(iter(info.states(params[1], info.kwargs)))
+    fresh = torch.full_like(opt.state[params[1]][key], 7.0)
+    opt.state[params[1]][key] = fresh
     opt.step()
-    assert not torch.equal(fresh, torch.full((5,), 7.0))  # updated in place by the kernel
+    assert not torch.equal(fresh, torch.full_like(fresh, 7.0))  # updated in place by the kernel
 
 
-def test_replacing_a_whole_parameter_state_is_seen():
-    params, opt = setup()
-    opt.state[params[0]] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros(5),
-                            "exp_avg_sq": torch.zeros(5)}
+@every_optimizer
+def test_replacing_a_whole_parameter_state_is_seen(info):
+    params, opt = setup(info)
+    opt.state[params[0]] = {"step": torch.tensor(0.0), **{
+        key: torch.zeros(shape, dtype=dtype)
+        for key, (shape, dtype) in info.states(params[0], info.kwargs).items()}}
     opt.step()
     assert opt.state[params[0]]["step"].item() == 1
     assert opt.state[params[1]]["step"].item() == 3
 
 
+@every_optimizer
 @pytest.mark.parametrize("change", ["clear", "del", "pop", "reassign"])
-def test_dropping_states_recreates_them(change):
-    params, opt = setup()
+def test_dropping_states_recreates_them(info, change):
+    params, opt = setup(info)
     if change == "clear":
         opt.state.clear()
     elif change == "del":
@@ -58,8 +65,9 @@ def test_dropping_states_recreates_them(change):
     assert opt.state[params[2]]["step"].item() == 1
 
 
-def test_a_parameter_without_grad_is_skipped_then_stepped_again():
-    params, opt = setup()
+@every_optimizer
+def test_a_parameter_without_grad_is_skipped_then_stepped_again(info):
+    params, opt = setup(info)
     saved = params[1].grad
     params[1].grad = None
     opt.step()
@@ -70,8 +78,9 @@ def test_a_parameter_without_grad_is_skipped_then_stepped_again():
     assert opt.state[params[1]]["step"].item() == 3
 
 
-def test_new_param_group_and_loaded_state_are_seen():
-    params, opt = setup()
+@every_optimizer
+def test_new_param_group_and_loaded_state_are_seen(info):
+    params, opt = setup(info)
     extra = torch.nn.Parameter(torch.randn(4))
     extra.grad = torch.ones_like(extra)
     opt.add_param_group({"params": [extra]})
@@ -85,8 +94,9 @@ def test_new_param_group_and_loaded_state_are_seen():
     assert opt.state[extra]["step"].item() == 2
 
 
-def test_state_dicts_and_copies_hold_plain_dicts():
-    params, opt = setup()
+@every_optimizer
+def test_state_dicts_and_copies_hold_plain_dicts(info):
+    params, opt = setup(info)
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
     buffer.seek(0)

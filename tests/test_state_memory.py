@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from pytrainer import ops
 from pytrainer.optim import Adafactor, AnyPrecisionAdamW, FusedAdamW
+from tests.optim_db import one_per_class, optims, state_bytes
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason="compiled kernels not built")
 
@@ -252,14 +253,34 @@ def test_adafactor_matrix_state_is_a_small_fraction(device, shape):
     assert floats < p.numel() or p.numel() <= shape[-2] + shape[-1]
 
 
-def test_states_are_created_only_for_params_with_grads(device):
+@optims(one_per_class())
+def test_states_are_created_only_for_params_with_grads(device, info):
     ps = [torch.nn.Parameter(torch.randn(5, 4, device=device)) for _ in range(3)]
-    for cls in (FusedAdamW, AnyPrecisionAdamW, Adafactor):
-        opt = cls(ps)
-        ps[1].grad = torch.randn_like(ps[1])
-        opt.step()
-        assert [bool(opt.state.get(p)) for p in ps] == [False, True, False], cls.__name__
-        ps[1].grad = None
+    opt = info.make(ps)
+    ps[1].grad = torch.randn_like(ps[1])
+    opt.step()
+    assert [bool(opt.state.get(p)) for p in ps] == [False, True, False], info.name
+
+
+@optims()
+@pytest.mark.parametrize("shape", [(), (0,), (7,), (6, 5), (2, 3, 4)], ids=str)
+def test_states_are_exactly_those_the_database_declares(device, info, shape):
+    """Every optimizer, every dtype: after two steps and after a reload, the states
+    of a parameter are the declared ones, each in a storage of its own size."""
+    for dtype in info.dtypes:
+        p = torch.nn.Parameter(torch.randn(shape, device=device).to(dtype))
+        idle = torch.nn.Parameter(torch.randn(3, device=device).to(dtype))  # no grad: no state
+        opt = info.make([p, idle])
+        train(opt, [p], steps=2)
+        expected = info.states(p, info.kwargs)
+        full_size = {key for key, (s, _) in expected.items() if s == tuple(p.shape)}
+        assert_memory(opt, p, expected, full_size)
+        assert storage_bytes(state_tensors(opt, p).values()) == state_bytes(info, p)
+        assert int(opt.state[p]["step"]) == 2
+        assert not opt.state.get(idle)
+        again = reloaded(info.cls, opt, [p, idle], **info.kwargs)
+        assert_memory(again, p, expected, full_size)
+        assert int(again.state[p]["step"]) == 2
 
 
 def test_states_of_a_group_share_one_buffer_per_kind_without_waste():

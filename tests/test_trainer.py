@@ -3,6 +3,7 @@ checkpoints, evaluation and prediction (CPU)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import types
 
@@ -382,19 +383,34 @@ def test_no_host_reads_per_micro_batch(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ mixed precision
+@pytest.fixture
+def deterministic(device):
+    """On CUDA, nn.Embedding's backward adds with atomics (an order that varies from
+    run to run) unless torch is asked for its deterministic algorithms."""
+    if device.type == "cuda":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_trains_and_resumes(tmp_path, precision):
-    """Autocast on the CPU; fp16 adds a GradScaler whose state is checkpointed."""
+def test_mixed_precision_trains_and_resumes(tmp_path, precision, device, deterministic):
+    """Autocast (on the CPU and on CUDA); fp16 adds a GradScaler whose state is
+    checkpointed. The resumed run ends bit for bit where the uninterrupted one does."""
     def trainer(out, **kwargs):
         return Trainer(TokenModel(), make_args(out, **{precision: True}, max_steps=8,
                                                optim="adamw_custom_fused", learning_rate=1e-2,
                                                save_strategy="steps", save_steps=4,
-                                               per_device_train_batch_size=4, **kwargs),
+                                               per_device_train_batch_size=4,
+                                               use_cpu=device.type == "cpu", **kwargs),
                        train_dataset=TokenDataset(32), data_collator=PaddingCollator())
 
     full = trainer(tmp_path / "full")
+    assert full.device.type == device.type
     start = params_of(full.model)
     full.train()
+    losses = [e["loss"] for e in full.state.log_history if "loss" in e]
+    assert losses and all(math.isfinite(x) for x in losses)
     assert any(not torch.equal(start[n], p) for n, p in params_of(full.model).items())
     assert (tmp_path / "full" / "checkpoint-4" / "scaler.pt").is_file() == (precision == "fp16")
     resumed = trainer(tmp_path / "full")

@@ -7,7 +7,6 @@ import dataclasses
 import enum
 import inspect
 import json
-import logging
 import os
 import warnings
 
@@ -16,60 +15,131 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytrainer import TrainingArguments
+from pytrainer.field_kinds import PYTRAINER_FIELDS
 from pytrainer.optim import registry
 from pytrainer.training_args import (INTERVAL_STRATEGIES, SAVE_STRATEGIES, SCHEDULER_TYPES,
                                      StepIntervals, resolve_interval)
 
-#: Every field and its default, after __post_init__. A new field must be added here.
+#: Every field and its default, after __post_init__ (transformers 5.24's, in its order, and
+#: pytrainer's own). A new field must be added here.
 DEFAULTS = {
     "output_dir": "trainer_output",
-    "do_train": False,
-    "do_eval": None,
-    "do_predict": False,
-    "eval_strategy": "no",
     "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 8,
-    "gradient_accumulation_steps": 1,
-    "learning_rate": 5e-5,
+    "num_train_epochs": 3.0,
+    "max_steps": -1,
+    "learning_rate": 5e-05,
+    "lr_scheduler_type": "linear",
+    "lr_scheduler_kwargs": None,
+    "warmup_steps": 0,
+    "optim": "adamw_torch_fused",
+    "optim_args": None,
     "weight_decay": 0.0,
     "adam_beta1": 0.9,
     "adam_beta2": 0.999,
-    "adam_epsilon": 1e-8,
+    "adam_epsilon": 1e-08,
+    "optim_target_modules": None,
+    "gradient_accumulation_steps": 1,
+    "average_tokens_across_devices": True,
     "max_grad_norm": 1.0,
-    "num_train_epochs": 3.0,
-    "max_steps": -1,
-    "lr_scheduler_type": "linear",
-    "lr_scheduler_kwargs": None,
-    "warmup_ratio": 0.0,
-    "warmup_steps": 0,
+    "label_smoothing_factor": 0.0,
+    "bf16": False,
+    "fp16": False,
+    "bf16_full_eval": False,
+    "fp16_full_eval": False,
+    "tf32": None,
+    "activation_checkpointing": False,
+    "activation_checkpointing_kwargs": None,
+    "gradient_checkpointing": False,
+    "gradient_checkpointing_kwargs": None,
+    "torch_compile": False,
+    "torch_compile_backend": None,
+    "torch_compile_mode": None,
+    "use_liger_kernel": False,
+    "liger_kernel_config": None,
+    "use_cache": False,
+    "neftune_noise_alpha": None,
+    "torch_empty_cache_steps": None,
+    "auto_find_batch_size": False,
     "logging_strategy": "steps",
-    "logging_first_step": False,
     "logging_steps": 500,
+    "logging_first_step": False,
+    "log_on_each_node": True,
+    "logging_nan_inf_filter": True,
+    "include_num_input_tokens_seen": "no",
+    "log_level": "passive",
+    "log_level_replica": "warning",
+    "disable_tqdm": False,
+    "report_to": [],
+    "run_name": None,
+    "project": "huggingface",
+    "trackio_space_id": None,
+    "trackio_bucket_id": None,
+    "trackio_static_space_id": None,
+    "eval_strategy": "no",
     "eval_steps": None,
+    "eval_delay": 0.0,
+    "per_device_eval_batch_size": 8,
+    "prediction_loss_only": False,
+    "eval_on_start": False,
+    "eval_do_concat_batches": True,
+    "eval_use_gather_object": False,
+    "eval_accumulation_steps": None,
+    "include_for_metrics": [],
+    "batch_eval_metrics": False,
+    "save_only_model": False,
     "save_strategy": "steps",
     "save_steps": 500,
+    "save_on_each_node": False,
     "save_total_limit": None,
     "save_safetensors": True,
+    "enable_jit_checkpoint": False,
+    "push_to_hub": False,
+    "hub_token": None,
+    "hub_private_repo": None,
+    "hub_model_id": None,
+    "hub_strategy": "every_save",
+    "hub_always_push": False,
+    "hub_revision": None,
     "load_best_model_at_end": False,
     "metric_for_best_model": None,
     "greater_is_better": None,
-    "use_cpu": False,
+    "ignore_data_skip": False,
+    "restore_callback_states_from_checkpoint": False,
+    "full_determinism": False,
     "seed": 42,
     "data_seed": None,
-    "bf16": False,
-    "fp16": False,
+    "use_cpu": False,
+    "accelerator_config": None,
+    "parallelism_config": None,
     "dataloader_drop_last": False,
     "dataloader_num_workers": 0,
-    "disable_tqdm": False,
+    "dataloader_pin_memory": True,
+    "dataloader_persistent_workers": False,
+    "dataloader_prefetch_factor": None,
+    "dataloader_multiprocessing_context": None,
+    "dataloader_in_order": True,
+    "remove_unused_columns": True,
     "label_names": None,
-    "optim": "adamw_torch",
-    "optim_args": None,
-    "report_to": [],  # the default "none", stored as Hugging Face does: no integrations
-    "resume_from_checkpoint": None,
-    "ddp_timeout": 1800,
+    "train_sampling_strategy": "random",
+    "length_column_name": "length",
     "ddp_find_unused_parameters": None,
+    "ddp_bucket_cap_mb": None,
+    "ddp_broadcast_buffers": None,
+    "ddp_static_graph": None,
+    "ddp_backend": None,
+    "ddp_timeout": 1800,
+    "fsdp": None,
     "fsdp2": False,
+    "fsdp_config": None,
+    "deepspeed": None,
+    "debug": "",
+    "skip_memory_metrics": True,
     "nonfinite_steps_limit": 10,
+    "do_train": False,
+    "do_eval": False,
+    "do_predict": False,
+    "resume_from_checkpoint": None,
+    "local_rank": -1,
 }
 
 
@@ -146,6 +216,7 @@ def test_alias_attribute_reads_and_writes_the_same_value():
     assert args.evaluation_strategy == "epoch"
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_alias_survives_replace_and_subclassing():
     args = dataclasses.replace(TrainingArguments(), eval_strategy="epoch")
     assert args.evaluation_strategy == "epoch"
@@ -159,6 +230,9 @@ def test_alias_survives_replace_and_subclassing():
 
     mine = MyArgs(eval_strategy="epoch", extra=3)
     assert (mine.evaluation_strategy, mine.extra) == ("epoch", 3)
+    # the transformers 4.x names reach a subclass's generated __init__ too
+    mine = MyArgs(evaluation_strategy="steps", warmup_ratio=0.1, extra=4)
+    assert (mine.eval_strategy, mine.warmup_steps, mine.extra) == ("steps", 0.1, 4)
 
 
 def test_enum_values_are_accepted_as_their_values():
@@ -177,7 +251,7 @@ def test_do_eval_becomes_true_when_evaluating(strategy):
     assert TrainingArguments(eval_strategy=strategy, do_eval=False).do_eval is True  # as HF
 
 
-@pytest.mark.parametrize("given", [None, False, True])
+@pytest.mark.parametrize("given", [False, True])
 def test_do_eval_stays_as_given_without_evaluation(given):
     assert TrainingArguments(do_eval=given).do_eval is given
 
@@ -330,9 +404,15 @@ def test_unknown_names_list_the_valid_ones_and_suggest_the_closest(field, typo, 
 
 
 def test_every_optimizer_of_the_issue_is_a_valid_name():
-    for name in ("adamw_hf", "adamw_torch", "adamw_torch_fused", "adamw_apex_fused",
-                 "adamw_anyprecision", "adafactor", "adamw_custom_fused"):
+    for name in ("adamw_hf", "adamw_torch", "adamw_torch_fused", "adamw_anyprecision",
+                 "adafactor", "adamw_custom_fused"):
         assert TrainingArguments(optim=name).optim == name
+    if registry.optimizer_status("adamw_apex_fused") is None:  # apex installed
+        assert TrainingArguments(optim="adamw_apex_fused").optim == "adamw_apex_fused"
+    else:  # a known name, refused at construction with what to install and to use instead
+        with pytest.raises(ValueError, match=r"optim='adamw_apex_fused' needs apex.*"
+                                             r"adamw_custom_fused"):
+            TrainingArguments(optim="adamw_apex_fused")
 
 
 def test_an_optimizer_registered_later_is_valid(monkeypatch):
@@ -353,11 +433,16 @@ def test_load_best_model_accepts_matching_multiples():
                       save_strategy="best")
 
 
-def test_both_warmups_warn_and_steps_win(caplog):
-    with caplog.at_level(logging.WARNING, logger="pytrainer.training_args"):
-        args = TrainingArguments(warmup_ratio=0.5, warmup_steps=3)
-    assert "warmup_steps wins" in caplog.text
-    assert args.get_warmup_steps(100) == 3
+def test_warmup_ratio_is_transformers_4_name_of_a_warmup_steps_ratio():
+    # warmup_ratio left transformers in 5; warmup_steps below 1 is the ratio now. Both
+    # given and disagreeing is an error (it used to warn and let warmup_steps win).
+    assert TrainingArguments(warmup_ratio=0.5).warmup_steps == 0.5
+    assert TrainingArguments(warmup_ratio=0.5, warmup_steps=0.5).warmup_steps == 0.5
+    assert TrainingArguments(warmup_ratio=0.0, warmup_steps=3).warmup_steps == 3
+    with pytest.raises(ValueError, match=r"warmup_steps=3 and warmup_ratio=0\.5"):
+        TrainingArguments(warmup_ratio=0.5, warmup_steps=3)
+    with pytest.raises(ValueError, match="warmup_ratio=1.0 .* no warmup_steps form"):
+        TrainingArguments(warmup_ratio=1.0)
 
 
 # --------------------------------------------------------------- step ratios
@@ -436,7 +521,7 @@ def test_from_dict_accepts_the_alias_key():
 def test_from_dict_rejects_unknown_keys_with_a_suggestion():
     with pytest.raises(ValueError, match=r"'lerning_rate' Did you mean 'learning_rate'\?"):
         TrainingArguments.from_dict({"lerning_rate": 0.1})
-    args = TrainingArguments.from_dict({"learning_rate": 0.1, "logging_dir": "x"},
+    args = TrainingArguments.from_dict({"learning_rate": 0.1, "not_a_field": "x"},
                                        allow_extra_keys=True)
     assert args.learning_rate == 0.1
     with pytest.raises(ValueError, match="mapping"):
@@ -475,27 +560,23 @@ def test_json_round_trip_property(eval_strategy, logging_steps, eval_steps, lr, 
 
 
 # ------------------------------------------------------ agreement with transformers
-#: Fields whose default deliberately differs from transformers' (after __post_init__).
+#: Fields whose value after __post_init__ deliberately differs from transformers' (their
+#: declared defaults are the same).
 DELIBERATE_DIFFERENCES = {
-    # The issue keeps the pre-4.57 default; transformers >= 4.57 picks adamw_torch_fused
-    # when torch >= 2.8.
-    "optim": "issue 3 sets optim='adamw_torch'",
-    # The issue: None unless evaluation is on, so a script can tell "not given" from False.
-    "do_eval": "issue 3 sets do_eval=None",
+    # transformers builds an AcceleratorConfig; pytrainer does not run on Accelerate
+    # (an AcceleratorConfig's serialised defaults are accepted and stored as None).
+    "accelerator_config": "not available in pytrainer; stays None",
+    # transformers turns "" into a list of DebugOption; the field is not available in
+    # pytrainer, which keeps the declared default.
+    "debug": "not available in pytrainer; stays ''",
 }
 #: Transformers 4.x defaults that pytrainer takes from transformers 5 instead.
 V5_DEFAULTS_ON_V4 = {
     "report_to": "v4 defaults to 'all' (every installed integration); v5 and pytrainer to 'none'",
     "lr_scheduler_kwargs": "v4 defaults to {}; v5 and pytrainer to None",
 }
-#: pytrainer fields that recent transformers no longer has.
-ONLY_IN_PYTRAINER = {
-    "save_safetensors": "removed in transformers 5 (always safetensors); kept by issue 3",
-    "warmup_ratio": "removed in transformers 5 (warmup_steps < 1 is a ratio); kept for 4.x "
-                    "scripts",
-    "nonfinite_steps_limit": "pytrainer's stop after repeated NaN/inf updates (issue 8)",
-    "fsdp2": "pytrainer's switch to FSDP2 sharding (issue 7); transformers' fsdp takes strings",
-}
+#: pytrainer fields that recent transformers no longer has (see field_kinds).
+ONLY_IN_PYTRAINER = PYTRAINER_FIELDS
 
 
 def _plain(value):

@@ -48,9 +48,7 @@ AdafactorWork AdafactorPlan::carve(float* base) const {
 
 void check_adafactor_args(TensorList params, TensorList grads, TensorList exp_avgs,
                           TensorList row_states, TensorList col_states, TensorList state_steps,
-                          bool first_moment, const std::optional<at::Tensor>& lr_tensor,
-                          const std::optional<at::Tensor>& grad_scale,
-                          const std::optional<at::Tensor>& found_inf) {
+                          bool first_moment, const StepArgs& args) {
   check_16_or_32_bit_params(kOp, params);
   check_grads(kOp, params, grads);
   if (first_moment) {
@@ -72,11 +70,7 @@ void check_adafactor_args(TensorList params, TensorList grads, TensorList exp_av
     check_state(p, row_states[i], "row_states", i, factored ? rows_numel(p) : p.numel());
     check_state(p, col_states[i], "col_states", i, factored ? cols_numel(p) : 0);
   }
-  check_steps(kOp, params, state_steps);
-  const at::Device device = params[0].device();
-  check_scalar_tensor(kOp, lr_tensor, "lr", device, /*cpu_ok=*/true);
-  check_scalar_tensor(kOp, grad_scale, "grad_scale", device, /*cpu_ok=*/false);
-  check_scalar_tensor(kOp, found_inf, "found_inf", device, /*cpu_ok=*/false);
+  check_steps_and_scalars(kOp, params, state_steps, args);
 }
 
 AdafactorPlan plan_adafactor(TensorList params, TensorList grads, TensorList exp_avgs,

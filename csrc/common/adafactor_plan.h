@@ -30,9 +30,7 @@ struct AdafactorPlan {
 
 void check_adafactor_args(TensorList params, TensorList grads, TensorList exp_avgs,
                           TensorList row_states, TensorList col_states, TensorList state_steps,
-                          bool first_moment, const std::optional<at::Tensor>& lr_tensor,
-                          const std::optional<at::Tensor>& grad_scale,
-                          const std::optional<at::Tensor>& found_inf);
+                          bool first_moment, const StepArgs& args);
 
 AdafactorPlan plan_adafactor(TensorList params, TensorList grads, TensorList exp_avgs,
                              TensorList row_states, TensorList col_states, TensorList state_steps);

@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <cstring>
+
 namespace pytrainer {
 namespace {
 
@@ -100,14 +102,34 @@ void check_state_list(const char* op, TensorList params, TensorList states, cons
   check_like_params(op, params, states, name, dtype);
 }
 
+void check_not_sparse(const char* op, TensorList list, const char* name) {
+  const bool grads = std::strcmp(name, "grads") == 0;
+  for (size_t i = 0; i < list.size(); ++i) {
+    TORCH_CHECK(!list[i].defined() || !list[i].is_sparse(), op, ": ", name, "[", i,
+                "] is sparse; this optimizer needs dense ",
+                grads ? "gradients (torch.optim.SparseAdam handles sparse ones)" : "tensors");
+  }
+}
+
 void check_grads(const char* op, TensorList params, TensorList grads) {
   check_same_length(op, params, grads, "grads", params.size());
-  for (size_t i = 0; i < grads.size(); ++i) {
-    TORCH_CHECK(!grads[i].defined() || !grads[i].is_sparse(), op, ": grads[", i,
-                "] is sparse; this optimizer needs dense gradients "
-                "(torch.optim.SparseAdam handles sparse ones)");
-  }
+  check_not_sparse(op, grads, "grads");
   check_like_params(op, params, grads, "grads");
+}
+
+namespace {
+
+// Optional 1-element float32 tensor (grad_scale, found_inf, lr) on `device`,
+// or on the CPU too when `cpu_ok`.
+void check_scalar_tensor(const char* op, const std::optional<at::Tensor>& t, const char* name,
+                         const at::Device& device, bool cpu_ok) {
+  if (!t.has_value() || !t->defined()) return;
+  TORCH_CHECK(t->numel() == 1, op, ": ", name, " must have one element, got ", t->numel());
+  TORCH_CHECK(t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble, op, ": ", name,
+              " must be float32 or float64, got ", t->scalar_type());
+  TORCH_CHECK(t->device() == device || (cpu_ok && t->device().is_cpu()), op, ": ", name,
+              " is on ", t->device(), " but the parameters are on ", device,
+              cpu_ok ? " (a CPU tensor is also accepted)" : "");
 }
 
 void check_steps(const char* op, TensorList params, TensorList steps) {
@@ -124,15 +146,15 @@ void check_steps(const char* op, TensorList params, TensorList steps) {
   }
 }
 
-void check_scalar_tensor(const char* op, const std::optional<at::Tensor>& t, const char* name,
-                         const at::Device& device, bool cpu_ok) {
-  if (!t.has_value() || !t->defined()) return;
-  TORCH_CHECK(t->numel() == 1, op, ": ", name, " must have one element, got ", t->numel());
-  TORCH_CHECK(t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble, op, ": ", name,
-              " must be float32 or float64, got ", t->scalar_type());
-  TORCH_CHECK(t->device() == device || (cpu_ok && t->device().is_cpu()), op, ": ", name,
-              " is on ", t->device(), " but the parameters are on ", device,
-              cpu_ok ? " (a CPU tensor is also accepted)" : "");
+}  // namespace
+
+void check_steps_and_scalars(const char* op, TensorList params, TensorList steps,
+                             const StepArgs& args) {
+  check_steps(op, params, steps);
+  const at::Device device = params[0].device();
+  check_scalar_tensor(op, args.lr_tensor, "lr", device, /*cpu_ok=*/true);
+  check_scalar_tensor(op, args.grad_scale, "grad_scale", device, /*cpu_ok=*/false);
+  check_scalar_tensor(op, args.found_inf, "found_inf", device, /*cpu_ok=*/false);
 }
 
 }  // namespace pytrainer

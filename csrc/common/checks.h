@@ -8,6 +8,8 @@
 
 #include <optional>
 
+#include "common/step_args.h"
+
 namespace pytrainer {
 
 using TensorList = c10::ArrayRef<at::Tensor>;
@@ -31,13 +33,15 @@ void check_16_or_32_bit_params(const char* op, TensorList params);
 // grads: like params, and not sparse (with a clear message for sparse grads).
 void check_grads(const char* op, TensorList params, TensorList grads);
 
-// One float32 step count per param, a 0-d or 1-element tensor on the param's device.
-void check_steps(const char* op, TensorList params, TensorList steps);
+// No tensor of `list` (the op's argument `name`) is sparse.
+void check_not_sparse(const char* op, TensorList list, const char* name);
 
-// Optional 1-element float32 tensor (grad_scale, found_inf, lr) on `device`,
-// or on the CPU too when `cpu_ok`.
-void check_scalar_tensor(const char* op, const std::optional<at::Tensor>& t, const char* name,
-                         const at::Device& device, bool cpu_ok);
+// What every op takes besides its own lists and hyperparameters: one float32
+// step count per param (a 0-d or 1-element tensor on the param's device), and
+// the optional scalar tensors lr (on the params' device or the CPU),
+// grad_scale and found_inf.
+void check_steps_and_scalars(const char* op, TensorList params, TensorList steps,
+                             const StepArgs& args);
 
 void check_same_length(const char* op, TensorList params, TensorList other, const char* name,
                        size_t expected);

@@ -66,6 +66,10 @@ void memory_pass_cpu(at::TensorList outputs, const at::Tensor& input) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pytrainer, CPU, m) { m.impl("memory_pass_", &memory_pass_cpu); }
+// Not an optimizer op (define_op): CPU only, and no Python entry of its own.
+TORCH_LIBRARY_FRAGMENT(pytrainer, m) {
+  m.def("memory_pass_(Tensor(a!)[] outputs, Tensor input) -> ()");
+  m.impl("memory_pass_", torch::dispatch(c10::DispatchKey::CPU, &memory_pass_cpu));
+}
 
 }  // namespace pytrainer::cpu

@@ -354,12 +354,9 @@ cudaError_t launch_typed(const AdafactorLaunch& a, cudaStream_t stream) {
 
 cudaError_t launch_adafactor(Dtype param_dtype, const AdafactorLaunch& args,
                              cudaStream_t stream) {
-  switch (param_dtype) {
-    case Dtype::F32: return launch_typed<float>(args, stream);
-    case Dtype::F16: return launch_typed<__half>(args, stream);
-    case Dtype::BF16: return launch_typed<__nv_bfloat16>(args, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return launch_for</*kWithF64=*/false>(param_dtype, [&](auto type) {
+    return launch_typed<typename decltype(type)::type>(args, stream);
+  });
 }
 
 }  // namespace pytrainer::cuda

@@ -108,18 +108,10 @@ cudaError_t launch_typed(bool amsgrad, const DeviceTable& table, const AdamWHype
 cudaError_t launch_adamw(Dtype dtype, bool amsgrad, const DeviceTable& table,
                          const AdamWHyper& hyper, double lr, const StepScalars& scalars,
                          bool write_back_grads, cudaStream_t stream) {
-  switch (dtype) {
-    case Dtype::F32:
-      return launch_typed<float>(amsgrad, table, hyper, lr, scalars, write_back_grads, stream);
-    case Dtype::F64:
-      return launch_typed<double>(amsgrad, table, hyper, lr, scalars, write_back_grads, stream);
-    case Dtype::F16:
-      return launch_typed<__half>(amsgrad, table, hyper, lr, scalars, write_back_grads, stream);
-    case Dtype::BF16:
-      return launch_typed<__nv_bfloat16>(amsgrad, table, hyper, lr, scalars, write_back_grads,
-                                         stream);
-  }
-  return cudaErrorInvalidValue;
+  return launch_for</*kWithF64=*/true>(dtype, [&](auto type) {
+    return launch_typed<typename decltype(type)::type>(amsgrad, table, hyper, lr, scalars,
+                                                       write_back_grads, stream);
+  });
 }
 
 }  // namespace pytrainer::cuda

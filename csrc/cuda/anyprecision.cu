@@ -113,38 +113,26 @@ struct AnyPrecisionFunctor {
   }
 };
 
-template <class T>
+template <class T, int kRounding>
 cudaError_t launch_typed(const AnyPrecisionLaunch& a, cudaStream_t stream) {
-  switch (a.rounding) {
-    case kRoundKahan:
-      return launch_multi_tensor(
-          a.table, AnyPrecisionFunctor<T, kRoundKahan>{a.hyper, a.lr, a.scalars, a.write_back_grads,
-                                                  a.m_dt, a.v_dt, a.c_dt, a.seed},
-          stream);
-    case kRoundStochastic:
-      return launch_multi_tensor(
-          a.table, AnyPrecisionFunctor<T, kRoundStochastic>{a.hyper, a.lr, a.scalars,
-                                                       a.write_back_grads, a.m_dt, a.v_dt,
-                                                       a.c_dt, a.seed},
-          stream);
-    default:
-      return launch_multi_tensor(
-          a.table, AnyPrecisionFunctor<T, kRoundNearest>{a.hyper, a.lr, a.scalars, a.write_back_grads,
-                                                    a.m_dt, a.v_dt, a.c_dt, a.seed},
-          stream);
-  }
+  return launch_multi_tensor(
+      a.table, AnyPrecisionFunctor<T, kRounding>{a.hyper, a.lr, a.scalars, a.write_back_grads,
+                                                 a.m_dt, a.v_dt, a.c_dt, a.seed},
+      stream);
 }
 
 }  // namespace
 
 cudaError_t launch_anyprecision(Dtype param_dtype, const AnyPrecisionLaunch& args,
                                 cudaStream_t stream) {
-  switch (param_dtype) {
-    case Dtype::F32: return launch_typed<float>(args, stream);
-    case Dtype::F16: return launch_typed<__half>(args, stream);
-    case Dtype::BF16: return launch_typed<__nv_bfloat16>(args, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return launch_for</*kWithF64=*/false>(param_dtype, [&](auto type) {
+    using T = typename decltype(type)::type;
+    switch (args.rounding) {
+      case kRoundKahan: return launch_typed<T, kRoundKahan>(args, stream);
+      case kRoundStochastic: return launch_typed<T, kRoundStochastic>(args, stream);
+      default: return launch_typed<T, kRoundNearest>(args, stream);
+    }
+  });
 }
 
 }  // namespace pytrainer::cuda

@@ -10,12 +10,10 @@ at::Tensor float_on(const std::optional<at::Tensor>& t, const at::Device& device
 
 }  // namespace
 
-DeviceScalars device_scalars(double lr, const std::optional<at::Tensor>& lr_tensor,
-                             const std::optional<at::Tensor>& grad_scale,
-                             const std::optional<at::Tensor>& found_inf,
-                             const at::Device& device) {
+DeviceScalars device_scalars(const StepArgs& args, const at::Device& device) {
+  const std::optional<at::Tensor>& lr_tensor = args.lr_tensor;
   DeviceScalars out{};
-  out.lr = lr;
+  out.lr = args.lr;
   if (lr_tensor.has_value() && lr_tensor->defined()) {
     if (lr_tensor->is_cpu()) {
       out.lr = lr_tensor->item<double>();
@@ -26,8 +24,8 @@ DeviceScalars device_scalars(double lr, const std::optional<at::Tensor>& lr_tens
       out.scalars.lr_double = out.lr_tensor.scalar_type() == at::kDouble;
     }
   }
-  out.grad_scale = float_on(grad_scale, device);
-  out.found_inf = float_on(found_inf, device);
+  out.grad_scale = float_on(args.grad_scale, device);
+  out.found_inf = float_on(args.found_inf, device);
   out.scalars.grad_scale = out.grad_scale.defined() ? out.grad_scale.data_ptr<float>() : nullptr;
   out.scalars.found_inf = out.found_inf.defined() ? out.found_inf.data_ptr<float>() : nullptr;
   return out;

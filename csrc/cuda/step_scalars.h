@@ -1,11 +1,13 @@
-// The device scalars of one optimizer call (lr, grad_scale, found_inf), taken
-// from the op's optional tensors, shared by every CUDA op.
+// What every CUDA op call sets up first: the device, its guard and current
+// stream, and the device scalars of the step (lr, grad_scale, found_inf) taken
+// from the op's optional tensors. The CPU counterpart is cpu/op_step.h.
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
-#include <optional>
-
+#include "common/step_args.h"
 #include "cuda/launch.h"
 
 namespace pytrainer::cuda {
@@ -19,9 +21,22 @@ struct DeviceScalars {
 
 // A CPU lr tensor is a host value; a device one is read by the kernels (no
 // sync). grad_scale and found_inf are float32 on the device (converted if not).
-DeviceScalars device_scalars(double lr, const std::optional<at::Tensor>& lr_tensor,
-                             const std::optional<at::Tensor>& grad_scale,
-                             const std::optional<at::Tensor>& found_inf,
-                             const at::Device& device);
+DeviceScalars device_scalars(const StepArgs& args, const at::Device& device);
+
+// One op call on the device of params[0] (the checks put every tensor there).
+struct CudaCall {
+  CudaCall(at::TensorList params, const StepArgs& args)
+      : device(params[0].device()),
+        guard(device),
+        stream(c10::cuda::getCurrentCUDAStream(device.index())),
+        ds(device_scalars(args, device)),
+        write_back_grads(args.write_back_grads) {}
+
+  const at::Device device;
+  const c10::cuda::CUDAGuard guard;
+  const cudaStream_t stream;
+  const DeviceScalars ds;
+  const bool write_back_grads;
+};
 
 }  // namespace pytrainer::cuda

@@ -31,6 +31,9 @@ struct DeviceTable {
   int64_t num_chunks;
 };
 
+// n rounded up to a multiple of 16 (table sections start 16-byte aligned).
+constexpr int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
+
 // Storage dtypes of the CUDA kernels, independent of ATen's enum so the .cu
 // files need no ATen headers.
 enum class Dtype : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };

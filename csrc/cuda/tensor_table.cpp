@@ -27,8 +27,6 @@ std::mutex g_mutex;
 // destruction at exit can run after the CUDA runtime is gone.
 auto* const g_cache = new std::list<CachedTable>();
 
-int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
-
 }  // namespace
 
 Dtype dtype_of(at::ScalarType t) {
@@ -39,6 +37,19 @@ Dtype dtype_of(at::ScalarType t) {
     case at::kBFloat16: return Dtype::BF16;
     default: TORCH_CHECK(false, "pytrainer: no CUDA kernel for dtype ", t);
   }
+}
+
+std::vector<std::pair<at::ScalarType, std::vector<size_t>>> split_by_dtype(
+    at::TensorList params, std::initializer_list<at::ScalarType> dtypes) {
+  std::vector<std::pair<at::ScalarType, std::vector<size_t>>> groups;
+  for (const at::ScalarType dtype : dtypes) {
+    std::vector<size_t> indices;
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (params[i].scalar_type() == dtype) indices.push_back(i);
+    }
+    if (!indices.empty()) groups.emplace_back(dtype, std::move(indices));
+  }
+  return groups;
 }
 
 DeviceBytes upload_cached(const std::string& key, int64_t bytes,

@@ -7,11 +7,17 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/Exception.h>
+
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "cuda/step_scalars.h"
 #include "cuda/table.h"
 
 namespace pytrainer::cuda {
@@ -41,5 +47,40 @@ struct TableHandle {
 TableHandle device_table(std::vector<TableEntry>& entries, const at::Device& device);
 
 Dtype dtype_of(at::ScalarType t);
+
+// The params of each of `dtypes` that the call has, as (dtype, their indices),
+// in the order of `dtypes`: one launch covers the tensors of one dtype.
+std::vector<std::pair<at::ScalarType, std::vector<size_t>>> split_by_dtype(
+    at::TensorList params, std::initializer_list<at::ScalarType> dtypes);
+
+// The launches of an elementwise op: per dtype present, a table whose entry i
+// points at tensor i of each of `lists` (params first; an empty list leaves its
+// slot null) with tag tags[i] (0 without tags), then launch(dtype, table) and
+// the step increments.
+template <class Launch>
+void launch_per_dtype(const CudaCall& call, std::initializer_list<at::TensorList> lists,
+                      at::TensorList state_steps, at::IntArrayRef tags,
+                      std::initializer_list<at::ScalarType> dtypes, Launch launch) {
+  TORCH_CHECK(lists.size() <= kMaxTensorsPerEntry, "pytrainer: too many lists per entry");
+  const at::TensorList params = *lists.begin();
+  for (const auto& [dtype, indices] : split_by_dtype(params, dtypes)) {
+    std::vector<TableEntry> entries;
+    entries.reserve(indices.size());
+    for (const size_t i : indices) {
+      TableEntry e{};
+      int slot = 0;
+      for (const at::TensorList& list : lists) {
+        e.ptr[slot++] = list.empty() ? nullptr : list[i].data_ptr();
+      }
+      e.step = state_steps[i].data_ptr<float>();
+      e.numel = params[i].numel();
+      e.tag = tags.empty() ? 0 : tags[i];
+      entries.push_back(e);
+    }
+    const TableHandle table = device_table(entries, call.device);
+    C10_CUDA_CHECK(launch(dtype_of(dtype), table.table));
+    C10_CUDA_CHECK(launch_increment_steps(table.table, call.ds.scalars.found_inf, call.stream));
+  }
+}
 
 }  // namespace pytrainer::cuda

@@ -16,6 +16,27 @@ namespace pytrainer::cuda {
 template <class T>
 using MathT = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
+template <class T>
+struct StorageType {
+  using type = T;
+};
+
+// launch(StorageType<T>{}) for the storage type T of `dtype`: the one switch
+// from a launcher's dtype to its kernels. float64 only where the op has float64
+// kernels (kWithF64).
+template <bool kWithF64, class Launch>
+cudaError_t launch_for(Dtype dtype, Launch&& launch) {
+  switch (dtype) {
+    case Dtype::F32: return launch(StorageType<float>{});
+    case Dtype::F16: return launch(StorageType<__half>{});
+    case Dtype::BF16: return launch(StorageType<__nv_bfloat16>{});
+    case Dtype::F64:
+      if constexpr (kWithF64) return launch(StorageType<double>{});
+      break;
+  }
+  return cudaErrorInvalidValue;
+}
+
 // Elements per 16-byte vector access: 4 float, 2 double, 8 half/bfloat16.
 template <class T>
 constexpr int kPack = 16 / sizeof(T);

@@ -1,8 +1,15 @@
-"""What pytrainer's kernel-backed optimizers share: GradScaler support, checks
-of new parameters, and the placement of per-parameter step counts."""
+"""What pytrainer's kernel-backed optimizers share: the step (one kernel call
+per parameter group, with its device, lr, GradScaler and FSDP2 handling), the
+creation and caching of per-parameter states, and checkpoint loading.
+
+An optimizer declares its kernel (``_op_name``), the state lists the kernel
+takes (``_state_lists``) and the kernel's other arguments (``_kernel_args``);
+the base class does the rest, as torch.optim's ``_init_group`` does for its
+optimizers."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Union
 
 import torch
 from torch import Tensor
@@ -25,6 +32,30 @@ def local_tensor(tensor: Tensor | None) -> Tensor | None:
     return tensor
 
 
+@dataclass(frozen=True)
+class State:
+    """A per-parameter state tensor of an optimizer, created as zeros on the
+    parameter's device the first time the parameter has a gradient."""
+
+    #: its key in ``optimizer.state[param]``
+    key: str
+    #: its dtype (None: the parameter's)
+    dtype: torch.dtype | None = None
+    #: its shape as a function of the parameter (None: the parameter's shape and layout)
+    shape: Callable[[Tensor], tuple[int, ...]] | None = None
+
+
+#: What a kernel's state list holds, by kernel argument name: a ``State`` of every
+#: parameter; a function of the parameter giving its ``State``, or None for an empty
+#: float32 tensor in its place; or None for an empty list (a state the group's
+#: options turn off). Functions must be module-level (their identity keys the cache).
+StateList = Union[State, Callable[[Tensor], Union[State, None]], None]
+
+
+def _state_of(rule: StateList, param: Tensor) -> State | None:
+    return rule if isinstance(rule, State) or rule is None else rule(param)
+
+
 class KernelOptimizer(torch.optim.Optimizer):
     """Base of the optimizers whose step is one ``torch.ops.pytrainer`` call per group.
 
@@ -37,76 +68,31 @@ class KernelOptimizer(torch.optim.Optimizer):
     """
 
     _step_supports_amp_scaling = True
-    #: the op of this optimizer, checked for a kernel on each group's device
+    #: the op of this optimizer (``torch.ops.pytrainer.<_op_name>``)
     _op_name: str = ""
     #: parameter dtypes the kernels accept
     _param_dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    #: whether states of contiguous parameters are views of one buffer per state and dtype
+    _pack_states = True
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         ops.require()
         super().__init__(params, defaults)
         self._track_state()
 
-    def _track_state(self) -> None:
-        """Makes ``self.state`` count its changes (see _state_cache)."""
-        if "_version" not in self.__dict__:
-            self._version = Version()
-        self.state = TrackedStateMap(self._version, self.state)
-        self._version.bump()
+    # ------------------------------------------------------------ what a subclass declares
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self._track_state()
+    def _state_lists(self, group: dict[str, Any]) -> dict[str, StateList]:
+        """The kernel's state lists for ``group`` by kernel argument name (see
+        :data:`StateList`); new states are created in this order."""
+        raise NotImplementedError
 
-    def state_dict(self) -> dict[str, Any]:
-        """torch.optim's layout, with plain dicts (weights_only loading refuses any
-        other class, so the state's change-counting dicts stay out of checkpoints)."""
-        state_dict = super().state_dict()
-        state_dict["state"] = {key: dict(value) if isinstance(value, dict) else value
-                               for key, value in state_dict["state"].items()}
-        return state_dict
+    def _kernel_args(self, group: dict[str, Any], first_index: int) -> dict[str, Any]:
+        """The kernel's hyperparameters for ``group``, by name; ``first_index`` is
+        the position of the group's first parameter among all the optimizer's."""
+        raise NotImplementedError
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        params = param_group["params"]
-        params = [params] if isinstance(params, Tensor) else list(params)
-        check_param_dtypes(type(self).__name__, params, self._param_dtypes)
-        super().add_param_group(param_group)
-        if "_version" in self.__dict__:
-            self._version.bump()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # torch.optim casts every floating state to its parameter's dtype, which
-        # would round float32 states of 16-bit parameters: recast the saved
-        # tensors to the dtypes this optimizer keeps instead.
-        saved = state_dict["state"]
-        saved_ids = [group["params"] for group in state_dict["param_groups"]]
-        super().load_state_dict(state_dict)
-        for group, ids in zip(self.param_groups, saved_ids):
-            for p, pid in zip(group["params"], ids):
-                for key, tensor in saved.get(pid, {}).items():
-                    dtype = self._state_dtype(group, key, p)
-                    if dtype is not None and key != "step" and isinstance(tensor, Tensor):
-                        self.state[p][key] = tensor.to(device=p.device, dtype=dtype)
-        self._place_steps()
-
-    def _state_dtype(self, group: dict[str, Any], key: str, param: Tensor) -> torch.dtype | None:
-        """The dtype of state ``key`` of ``param`` (None: the parameter's own)."""
-        return None
-
-    def _place_steps(self) -> None:
-        # The kernels read and advance a float32 step on the parameter's device.
-        # torch.optim keeps it on the CPU (or loads it there with
-        # map_location="cpu"): move it once here rather than check every step.
-        for group in self.param_groups:
-            for p in group["params"]:
-                state = self.state.get(p)
-                if not state or "step" not in state:
-                    continue
-                step = state["step"]
-                if not isinstance(step, Tensor):
-                    step = torch.tensor(float(step))
-                if step.dtype != torch.float32 or step.device != p.device or step.dim() != 0:
-                    state["step"] = step.reshape(()).to(device=p.device, dtype=torch.float32)
+    # ------------------------------------------------------------------------- the step
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -117,10 +103,14 @@ class KernelOptimizer(torch.optim.Optimizer):
                 loss = closure()
         folded = self.__dict__.get("_folded")
         if folded is not None:  # step_scaled
-            self._step_groups(*folded, write_back_grads=False)
+            grad_scale, found_inf, write_back_grads = (*folded, False)
         else:  # GradScaler.step sets these around this call
-            self._step_groups(getattr(self, "grad_scale", None), getattr(self, "found_inf", None),
-                              write_back_grads=True)
+            grad_scale, found_inf, write_back_grads = (
+                getattr(self, "grad_scale", None), getattr(self, "found_inf", None), True)
+        first_index = 0
+        for group in self.param_groups:
+            self._step_group(group, first_index, grad_scale, found_inf, write_back_grads)
+            first_index += len(group["params"])
         return loss
 
     @torch.no_grad()
@@ -138,84 +128,28 @@ class KernelOptimizer(torch.optim.Optimizer):
         finally:
             self._folded = None
 
-    def _step_groups(self, grad_scale: Tensor | None, found_inf: Tensor | None,
-                     write_back_grads: bool) -> None:
-        for group in self.param_groups:
-            self._step_group(group, grad_scale, found_inf, write_back_grads)
-
-    def _step_group(self, group: dict[str, Any], grad_scale: Tensor | None,
+    def _step_group(self, group: dict[str, Any], first_index: int, grad_scale: Tensor | None,
                     found_inf: Tensor | None, write_back_grads: bool) -> None:
-        raise NotImplementedError
-
-    def _collect(self, group: dict[str, Any], keys: dict[str, torch.dtype | None]
-                 ) -> tuple[list[Tensor], list[Tensor], dict[str, list[Tensor]], list[Tensor]]:
-        """The group's parameters that have a gradient, their gradients, their
-        states ``keys`` (of the given dtype, None: the parameter's) and float32
-        ``step`` counts, created as zeros where missing.
-
-        When every parameter has a gradient the lists are kept for the next step,
-        as long as no state, state map or parameter list changed in between."""
-        if not isinstance(self.state, TrackedStateMap):  # replaced by the user
-            self._track_state()
-        caches = self.__dict__.setdefault("_group_caches", {})
-        params_list = group["params"]
-        key_names = tuple(keys)
-        cached = caches.get(id(group))
-        if cached is not None and cached.valid(self._version.value, params_list, key_names):
-            grads = grads_or_none(cached.params)
-            if grads is not None:
-                return cached.params, grads, cached.lists, cached.steps
-        params, grads, states, missing = [], [], [], []
-        for p in params_list:
-            grad = p.grad
-            if grad is None:
-                continue
-            state = self.state[p]
-            if not state:
-                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            for key in keys:
-                if key not in state:
-                    missing.append((p, state))
-                    break
-            params.append(p)
-            grads.append(grad)
-            states.append(state)
-        if missing:
-            self._create_states(missing, keys)
-        lists = {key: [state[key] for state in states] for key in keys}
-        steps = [state["step"] for state in states]
-        if len(params) == len(params_list) and not (
-                params and _DTensor is not None and isinstance(params[0], _DTensor)):
-            caches[id(group)] = GroupCache(self._version.value, params_list, key_names,
-                                           params, lists, steps)
-        return params, grads, lists, steps
+        params, grads, lists, steps = self._init_group(group)
+        if not params:
+            return
+        device = params[0].device
+        self._check_kernels(device)
+        lr, lr_tensor = self._lr_args(group["lr"])
+        # the one call of the kernels: pytrainer._C's typed entry of the op (csrc/python_entry.h)
+        getattr(ops.kernels, self._op_name)(
+            params=params, grads=grads, **lists, state_steps=steps, lr=lr, lr_tensor=lr_tensor,
+            grad_scale=self._on(grad_scale, device), found_inf=self._on(found_inf, device),
+            write_back_grads=write_back_grads, **self._kernel_args(group, first_index))
 
     @staticmethod
-    def _create_states(missing: list[tuple[Tensor, dict[str, Any]]],
-                       keys: dict[str, torch.dtype | None]) -> None:
-        # One buffer per state and (device, dtype) for the contiguous parameters,
-        # handed out as views: the kernels then stream each state through memory
-        # in one piece (separately allocated small states cost a third of the
-        # time of a step over thousands of tensors on the CPU), and the state
-        # dict still has one tensor per parameter, as torch.optim's.
-        for key, dtype in keys.items():
-            pending: dict[tuple, list[tuple[Tensor, dict[str, Any]]]] = {}
-            for p, state in missing:
-                if key in state:
-                    continue
-                if p.is_contiguous() and p.numel() > 0 and not (
-                        _DTensor is not None and isinstance(p, _DTensor)):
-                    pending.setdefault((p.device, dtype or p.dtype), []).append((p, state))
-                else:
-                    state[key] = torch.zeros_like(p, dtype=dtype,
-                                                  memory_format=torch.preserve_format)
-            for (device, buffer_dtype), members in pending.items():
-                buffer = torch.zeros(sum(p.numel() for p, _ in members), dtype=buffer_dtype,
-                                     device=device)
-                offset = 0
-                for p, state in members:
-                    state[key] = buffer[offset:offset + p.numel()].view(p.shape)
-                    offset += p.numel()
+    def _lr_args(lr: float | Tensor | None) -> tuple[float, Tensor | None]:
+        """(lr as a float, lr as a tensor): a tensor lr stays on its device so a
+        scheduler can update it without a host round trip. None (Adafactor's
+        relative step) is an lr the kernel does not read."""
+        if isinstance(lr, Tensor):
+            return 0.0, lr
+        return (0.0 if lr is None else float(lr)), None
 
     @staticmethod
     def _on(tensor: Tensor | None, device: torch.device) -> Tensor | None:
@@ -224,17 +158,163 @@ class KernelOptimizer(torch.optim.Optimizer):
             return tensor
         return tensor.to(device, non_blocking=True)
 
-    @staticmethod
-    def _lr_args(lr: float | Tensor) -> tuple[float, Tensor | None]:
-        """(lr as a float, lr as a tensor): a tensor lr stays on its device so a
-        scheduler can update it without a host round trip."""
-        if isinstance(lr, Tensor):
-            return 0.0, lr
-        return float(lr), None
-
     def _check_kernels(self, device: torch.device) -> None:
         """Clear error when this build has no kernel for ``device`` (checked once per device)."""
         checked = self.__dict__.setdefault("_devices_with_kernels", set())
         if device not in checked:
             ops.check_device(device, self._op_name)
             checked.add(device)
+
+    # ------------------------------------------------------------------------ the states
+
+    def _init_group(self, group: dict[str, Any]
+                    ) -> tuple[list[Tensor], list[Tensor], dict[str, list[Tensor]], list[Tensor]]:
+        """The group's parameters that have a gradient, their gradients, the
+        kernel's state lists (by argument name; states created as zeros where
+        missing) and the float32 ``step`` counts; FSDP2 DTensors as their shards.
+
+        When every parameter has a gradient the lists are kept for the next step,
+        as long as no state, state map or parameter list changed in between."""
+        if not isinstance(self.state, TrackedStateMap):  # replaced by the user
+            self._track_state()
+        rules = self._state_lists(group)
+        key = tuple(rules.items())
+        caches = self.__dict__.setdefault("_group_caches", {})
+        params_list = group["params"]
+        cached = caches.get(id(group))
+        if cached is not None and cached.valid(self._version.value, params_list, key):
+            grads = grads_or_none(cached.params)
+            if grads is not None:
+                return cached.params, grads, cached.lists, cached.steps
+        params, grads, states = [], [], []
+        for p in params_list:
+            if p.grad is not None:
+                params.append(p)
+                grads.append(p.grad)
+                states.append(self.state[p])
+        self._create_states(params, states, rules)
+        lists = {name: self._state_list(rule, params, states) for name, rule in rules.items()}
+        steps = [state["step"] for state in states]
+        if params and _DTensor is not None and isinstance(params[0], _DTensor):
+            # FSDP2: states are DTensors like their params; the kernel steps the shards
+            params, grads = [local_tensor(p) for p in params], [local_tensor(g) for g in grads]
+            lists = {name: [local_tensor(t) for t in ts] for name, ts in lists.items()}
+        elif len(params) == len(params_list):
+            caches[id(group)] = GroupCache(self._version.value, params_list, key, params, lists,
+                                           steps)
+        return params, grads, lists, steps
+
+    def _state_list(self, rule: StateList, params: list[Tensor],
+                    states: list[dict[str, Any]]) -> list[Tensor]:
+        if rule is None:
+            return []
+        if isinstance(rule, State):
+            return [state[rule.key] for state in states]
+        entries = []
+        for p, state in zip(params, states):
+            own = rule(p)
+            entries.append(state[own.key] if own is not None else self._empty(p.device))
+        return entries
+
+    def _empty(self, device: torch.device) -> Tensor:
+        """The empty float32 tensor standing for a state a parameter does not have."""
+        cache = self.__dict__.setdefault("_empty_states", {})
+        if device not in cache:
+            cache[device] = torch.empty(0, dtype=torch.float32, device=device)
+        return cache[device]
+
+    def _create_states(self, params: list[Tensor], states: list[dict[str, Any]],
+                       rules: dict[str, StateList]) -> None:
+        """A zero ``step`` for new parameters and a zero tensor for each missing state.
+
+        With ``_pack_states``, the states shaped like contiguous parameters are
+        views of one buffer per state and (device, dtype): the kernels then stream
+        each state through memory in one piece (separately allocated small states
+        cost a third of the time of a step over thousands of tensors on the CPU),
+        and the state dict still has one tensor per parameter, as torch.optim's."""
+        missing: list[tuple[Tensor, dict[str, Any], State]] = []
+        for p, state in zip(params, states):
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            for rule in rules.values():
+                own = _state_of(rule, p)
+                if own is not None and own.key not in state:
+                    missing.append((p, state, own))
+        pending: dict[tuple, list[tuple[Tensor, dict[str, Any]]]] = {}
+        for p, state, own in missing:
+            dtype = own.dtype or p.dtype
+            if own.shape is not None:
+                state[own.key] = torch.zeros(own.shape(p), dtype=dtype, device=p.device)
+            elif self._pack_states and p.is_contiguous() and p.numel() > 0 and not (
+                    _DTensor is not None and isinstance(p, _DTensor)):
+                pending.setdefault((own.key, p.device, dtype), []).append((p, state))
+            else:
+                state[own.key] = torch.zeros_like(p, dtype=dtype,
+                                                  memory_format=torch.preserve_format)
+        for (name, device, dtype), members in pending.items():
+            buffer = torch.zeros(sum(p.numel() for p, _ in members), dtype=dtype, device=device)
+            offset = 0
+            for p, state in members:
+                state[name] = buffer[offset:offset + p.numel()].view(p.shape)
+                offset += p.numel()
+
+    def _track_state(self) -> None:
+        """Makes ``self.state`` count its changes (see _state_cache)."""
+        if "_version" not in self.__dict__:
+            self._version = Version()
+        self.state = TrackedStateMap(self._version, self.state)
+        self._version.bump()
+
+    # ---------------------------------------------------------- groups and checkpoints
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._track_state()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        check_param_dtypes(type(self).__name__, params, self._param_dtypes)
+        super().add_param_group(param_group)
+        if "_version" in self.__dict__:
+            self._version.bump()
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's layout, with plain dicts (weights_only loading refuses any
+        other class, so the state's change-counting dicts stay out of checkpoints)."""
+        state_dict = super().state_dict()
+        state_dict["state"] = {key: dict(value) if isinstance(value, dict) else value
+                               for key, value in state_dict["state"].items()}
+        return state_dict
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # torch.optim casts every floating state to its parameter's dtype, which
+        # would round float32 states of 16-bit parameters: recast the saved
+        # tensors to the dtypes this optimizer keeps instead.
+        saved = state_dict["state"]
+        saved_ids = [group["params"] for group in state_dict["param_groups"]]
+        super().load_state_dict(state_dict)
+        for group, ids in zip(self.param_groups, saved_ids):
+            rules = self._state_lists(group)
+            for p, pid in zip(group["params"], ids):
+                dtypes = {own.key: own.dtype for own in (_state_of(r, p) for r in rules.values())
+                          if own is not None and own.dtype is not None}
+                for key, tensor in saved.get(pid, {}).items():
+                    if key in dtypes and isinstance(tensor, Tensor):
+                        self.state[p][key] = tensor.to(device=p.device, dtype=dtypes[key])
+        self._place_steps()
+
+    def _place_steps(self) -> None:
+        # The kernels read and advance a float32 step on the parameter's device.
+        # torch.optim keeps it on the CPU (or loads it there with
+        # map_location="cpu"): move it once here rather than check every step.
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if not state or "step" not in state:
+                    continue
+                step = state["step"]
+                if not isinstance(step, Tensor):
+                    step = torch.tensor(float(step))
+                if step.dtype != torch.float32 or step.device != p.device or step.dim() != 0:
+                    state["step"] = step.reshape(()).to(device=p.device, dtype=torch.float32)

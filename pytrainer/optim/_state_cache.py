@@ -28,19 +28,11 @@ class Version:
         self.value += 1
 
 
-class TrackedState(dict):
-    """One parameter's state; any change bumps the optimizer's version. Pickles
-    (and so saves in checkpoints) as a plain dict."""
+class _Counting:
+    """Bumps ``self._version`` before every change that removes entries; the
+    classes below add the changes that store them."""
 
-    __slots__ = ("_version",)
-
-    def __init__(self, version: Version, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._version = version
-
-    def __setitem__(self, key, value):
-        self._version.bump()
-        super().__setitem__(key, value)
+    __slots__ = ()
 
     def __delitem__(self, key):
         self._version.bump()
@@ -57,6 +49,21 @@ class TrackedState(dict):
     def clear(self):
         self._version.bump()
         super().clear()
+
+
+class TrackedState(_Counting, dict):
+    """One parameter's state; any change bumps the optimizer's version. Pickles
+    (and so saves in checkpoints) as a plain dict."""
+
+    __slots__ = ("_version",)
+
+    def __init__(self, version: Version, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._version = version
+
+    def __setitem__(self, key, value):
+        self._version.bump()
+        super().__setitem__(key, value)
 
     def update(self, *args, **kwargs):
         self._version.bump()
@@ -81,7 +88,7 @@ class TrackedState(dict):
         return {copy.deepcopy(k, memo): copy.deepcopy(v, memo) for k, v in self.items()}
 
 
-class TrackedStateMap(collections.defaultdict):
+class TrackedStateMap(_Counting, collections.defaultdict):
     """The optimizer's ``state`` (param -> TrackedState); any change bumps the version."""
 
     def __init__(self, version: Version, items: Any = ()):
@@ -101,22 +108,6 @@ class TrackedStateMap(collections.defaultdict):
     def __setitem__(self, key, value):
         self._version.bump()
         super().__setitem__(key, self._track(value))
-
-    def __delitem__(self, key):
-        self._version.bump()
-        super().__delitem__(key)
-
-    def pop(self, *args):
-        self._version.bump()
-        return super().pop(*args)
-
-    def popitem(self):
-        self._version.bump()
-        return super().popitem()
-
-    def clear(self):
-        self._version.bump()
-        super().clear()
 
     def update(self, *args, **kwargs):
         self._version.bump()

@@ -58,6 +58,42 @@ def check_weight_decay(weight_decay: Any) -> None:
         raise ValueError(f"Invalid weight_decay: {weight_decay!r}; it must be a finite number >= 0")
 
 
+def check_adafactor_step_size(lr: Any, relative_step: bool, warmup_init: bool) -> None:
+    """Adafactor's three step-size options: a given lr, or the relative step
+    (optionally warmed up) computed from the step count."""
+    if lr is not None and relative_step:
+        raise ValueError("Cannot combine manual `lr` and `relative_step=True` options: "
+                         "pass lr=None for relative steps, or relative_step=False")
+    if warmup_init and not relative_step:
+        raise ValueError("`warmup_init=True` requires `relative_step=True`")
+    if lr is None and not relative_step:
+        raise ValueError("lr=None needs `relative_step=True` (the step size then comes from "
+                         "the step count); with relative_step=False pass a learning rate")
+    check_lr(lr, allow_none=True)
+
+
+def check_adafactor_eps(eps: Any) -> None:
+    """Adafactor's (eps1, eps2): the regulariser of the squared gradient and the
+    floor of the parameter scale, each a finite number >= 0."""
+    if not isinstance(eps, (tuple, list)) or len(eps) != 2:
+        raise ValueError(f"Invalid eps: {eps!r}; expected a pair (eps1, eps2) of numbers >= 0")
+    for name, value in zip(("eps[0]", "eps[1]"), eps):
+        number = as_float(name, value)
+        if not (number >= 0.0) or math.isinf(number):
+            raise ValueError(f"Invalid {name}: {value!r}; it must be a finite number >= 0")
+
+
+def check_clip_threshold(clip_threshold: Any) -> None:
+    if not (as_float("clip_threshold", clip_threshold) > 0.0):
+        raise ValueError(f"Invalid clip_threshold: {clip_threshold!r}; it must be > 0")
+
+
+def check_decay_rate(decay_rate: Any) -> None:
+    if not (as_float("decay_rate", decay_rate) <= 0.0):
+        raise ValueError(f"Invalid decay_rate: {decay_rate!r}; it must be <= 0 "
+                         "(beta2 = 1 - step**decay_rate must stay in [0, 1))")
+
+
 def check_param_dtypes(optimizer_name: str, params, dtypes=SUPPORTED_PARAM_DTYPES) -> None:
     """Rejects parameters the kernels cannot update, at construction rather than mid-run."""
     names = ", ".join(str(d).replace("torch.", "") for d in dtypes)

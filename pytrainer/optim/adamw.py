@@ -6,32 +6,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pytrainer import ops
-from pytrainer.optim._base import _DTensor, KernelOptimizer, local_tensor
+from pytrainer.optim._base import KernelOptimizer, State
+from pytrainer.optim._docs import (_betas_doc, _eps_doc, _kernels_doc, _lr_doc, _maximize_doc,
+                                   _params_doc, _weight_decay_doc)
 from pytrainer.optim._validation import check_betas, check_eps, check_lr, check_weight_decay
 
 __all__ = ["FusedAdamW"]
 
+_EXP_AVG, _EXP_AVG_SQ, _MAX_EXP_AVG_SQ = State("exp_avg"), State("exp_avg_sq"), State(
+    "max_exp_avg_sq")
+
 
 class FusedAdamW(KernelOptimizer):
-    r"""AdamW with decoupled weight decay, exactly as :class:`torch.optim.AdamW`.
-
-    Per parameter, with :math:`t` the step count after this step:
-    ``p *= 1 - lr*wd``; ``m = lerp(m, g, 1-beta1)``; ``v = beta2*v + (1-beta2)*g*g``;
-    ``p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)``; with ``amsgrad`` the
-    running maximum of the (uncorrected) ``v`` replaces ``v`` in the denominator.
-
-    All parameters of a group with a gradient are updated by a single kernel call
-    on their device (CPU: vectorised and multi-threaded; CUDA: one launch over a
-    table of all tensors). Parameters may be float32, float64, float16 or bfloat16;
-    16-bit parameters keep their states in their own dtype, as torch's fused AdamW
-    does, and compute in float32. ``lr`` may be a float or a 0-d tensor (on the
-    CPU or the parameters' device).
-
-    ``state_dict()`` has the keys and layout of ``torch.optim.AdamW`` (``step``,
-    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``), so checkpoints move both ways.
-    """
-
     _op_name = "adamw_"
 
     def __init__(self, params, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -53,32 +39,39 @@ class FusedAdamW(KernelOptimizer):
             group.setdefault("amsgrad", False)
             group.setdefault("maximize", False)
 
-    def _init_group(self, group: dict[str, Any]):
-        amsgrad = group["amsgrad"]
-        keys = {"exp_avg": None, "exp_avg_sq": None}
-        if amsgrad:
-            keys["max_exp_avg_sq"] = None
-        params, grads, lists, steps = self._collect(group, keys)
-        exp_avgs, exp_avg_sqs = lists["exp_avg"], lists["exp_avg_sq"]
-        max_exp_avg_sqs = lists["max_exp_avg_sq"] if amsgrad else []
-        if params and _DTensor is not None and isinstance(params[0], _DTensor):
-            # FSDP2: states are DTensors like their params; the kernel steps the shards
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs = (
-                [local_tensor(t) for t in ts]
-                for ts in (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs))
-        return params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
+    def _state_lists(self, group):
+        return {"exp_avgs": _EXP_AVG, "exp_avg_sqs": _EXP_AVG_SQ,
+                "max_exp_avg_sqs": _MAX_EXP_AVG_SQ if group["amsgrad"] else None}
 
-    def _step_group(self, group, grad_scale, found_inf, write_back_grads) -> None:
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = self._init_group(group)
-        if not params:
-            return
-        device = params[0].device
-        self._check_kernels(device)
-        lr, lr_tensor = self._lr_args(group["lr"])
+    def _kernel_args(self, group, first_index):
         beta1, beta2 = group["betas"]
-        # torch.ops.pytrainer.adamw_, through its typed entry (see csrc/ops.cpp)
-        ops.kernels.adamw_(
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-            lr, lr_tensor, float(beta1), float(beta2), float(group["weight_decay"]),
-            float(group["eps"]), group["amsgrad"], group["maximize"],
-            self._on(grad_scale, device), self._on(found_inf, device), write_back_grads)
+        return dict(beta1=float(beta1), beta2=float(beta2),
+                    weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
+                    amsgrad=group["amsgrad"], maximize=group["maximize"])
+
+
+FusedAdamW.__doc__ = rf"""AdamW with decoupled weight decay, exactly as :class:`torch.optim.AdamW`.
+
+    Per parameter, with :math:`t` the step count after this step:
+    ``p *= 1 - lr*wd``; ``m = lerp(m, g, 1-beta1)``; ``v = beta2*v + (1-beta2)*g*g``;
+    ``p -= lr/(1-beta1^t) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)``; with ``amsgrad`` the
+    running maximum of the (uncorrected) ``v`` replaces ``v`` in the denominator.
+
+    {_kernels_doc}
+
+    Parameters may be float32, float64, float16 or bfloat16; 16-bit parameters keep
+    their states in their own dtype, as torch's fused AdamW does, and compute in float32.
+
+    ``state_dict()`` has the keys and layout of ``torch.optim.AdamW`` (``step``,
+    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``), so checkpoints move both ways.
+
+    Args:
+        {_params_doc}
+        {_lr_doc} (default: 1e-3)
+        {_betas_doc}
+        {_eps_doc}
+        {_weight_decay_doc} (default: 1e-2)
+        amsgrad (bool, optional): use the running maximum of the second moment in
+            the denominator (AMSGrad) (default: False)
+        {_maximize_doc}
+    """

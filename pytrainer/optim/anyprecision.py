@@ -3,14 +3,16 @@ Kahan-compensated or stochastically rounded updates, in one fused kernel call
 per parameter group."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from pytrainer import ops
 from pytrainer._suggest import invalid_choice_message
-from pytrainer.optim._base import _DTensor, KernelOptimizer, local_tensor
+from pytrainer.optim._base import KernelOptimizer, State
+from pytrainer.optim._docs import (_betas_doc, _eps_doc, _kernels_doc, _lr_doc, _params_doc,
+                                   _weight_decay_doc)
 from pytrainer.optim._validation import check_betas, check_eps, check_lr, check_weight_decay
 
 __all__ = ["AnyPrecisionAdamW", "STATE_DTYPES", "resolve_state_dtype"]
@@ -42,32 +44,18 @@ def resolve_state_dtype(name: str, value: Any) -> torch.dtype:
     raise ValueError(invalid_choice_message(name, value, STATE_DTYPES))
 
 
+@functools.lru_cache(maxsize=None)
+def _state_lists(momentum_dtype, variance_dtype, compensation_buffer_dtype, kahan: bool):
+    """The kernel's state lists (the same objects for the same settings, which
+    keeps the per-step check of the cached lists an identity comparison)."""
+    return {"exp_avgs": State("exp_avg", resolve_state_dtype("momentum_dtype", momentum_dtype)),
+            "exp_avg_sqs": State("exp_avg_sq", resolve_state_dtype("variance_dtype",
+                                                                   variance_dtype)),
+            "compensations": State("compensation", resolve_state_dtype(
+                "compensation_buffer_dtype", compensation_buffer_dtype)) if kahan else None}
+
+
 class AnyPrecisionAdamW(KernelOptimizer):
-    r"""AdamW whose states live in the dtypes you choose, as torchdistx's
-    AnyPrecisionAdamW, fused into one kernel call per parameter group.
-
-    Per parameter, with :math:`t` the step count after this step, in float32 with
-    each stored value rounded once to its dtype::
-
-        p = p * (1 - lr*weight_decay)                  # when weight_decay != 0
-        m = beta1*m + (1-beta1)*g                      # stored in momentum_dtype
-        v = beta2*v + (1-beta2)*g*g                    # stored in variance_dtype
-        u = -(lr/(1-beta1^t)) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)
-        p = p + u                                      # plain
-        c = c + u; y = p; p = p + c; c = c + (y - p)   # use_kahan_summation
-
-    With 16-bit parameters a plain update below half a unit in the last place of
-    the weight is lost; the Kahan buffer ``c`` (in ``compensation_buffer_dtype``)
-    keeps what rounding dropped and adds it back on later steps. As an alternative,
-    ``rounding="stochastic"`` rounds the new 16-bit weight up or down at random with
-    the probabilities that make it exact on average, from a counter-based random
-    stream keyed by ``seed``, the parameter's position in the optimizer and the
-    step: the same result on every run (and on CPU and CUDA) for the same seed.
-
-    Parameters may be float32, bfloat16 or float16. State keys: ``step``,
-    ``exp_avg``, ``exp_avg_sq`` and, with Kahan summation, ``compensation``.
-    """
-
     _op_name = "anyprecision_adamw_"
     _param_dtypes = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -100,57 +88,64 @@ class AnyPrecisionAdamW(KernelOptimizer):
                         rounding=rounding, seed=seed)
         super().__init__(params, defaults)
 
-    def _state_dtype(self, group, key, param):
-        return self._state_dtypes(group).get(key)
+    def _state_lists(self, group):
+        return _state_lists(group["momentum_dtype"], group["variance_dtype"],
+                            group["compensation_buffer_dtype"], group["use_kahan_summation"])
 
-    @staticmethod
-    def _state_dtypes(group: dict[str, Any]) -> dict[str, torch.dtype]:
-        """The group's state dtypes (names, or torch.dtype in older state dicts)."""
-        return {"exp_avg": resolve_state_dtype("momentum_dtype", group["momentum_dtype"]),
-                "exp_avg_sq": resolve_state_dtype("variance_dtype", group["variance_dtype"]),
-                "compensation": resolve_state_dtype("compensation_buffer_dtype",
-                                                    group["compensation_buffer_dtype"])}
-
-    def _init_group(self, group: dict[str, Any], first_id: int):
-        kahan = group["use_kahan_summation"]
-        dtypes = self._state_dtypes(group)
-        keys = {"exp_avg": dtypes["exp_avg"], "exp_avg_sq": dtypes["exp_avg_sq"]}
-        if kahan:
-            keys["compensation"] = dtypes["compensation"]
-        params, grads, lists, steps = self._collect(group, keys)
-        exp_avgs, exp_avg_sqs = lists["exp_avg"], lists["exp_avg_sq"]
-        compensations = lists["compensation"] if kahan else []
-        # stochastic rounding keys each tensor by its position among all params
-        ids = [first_id + i for i, p in enumerate(group["params"]) if p.grad is not None]
-        if params and _DTensor is not None and isinstance(params[0], _DTensor):
-            # FSDP2: states are DTensors like their params; the kernel steps the shards
-            params, grads, exp_avgs, exp_avg_sqs, compensations = (
-                [local_tensor(t) for t in ts]
-                for ts in (params, grads, exp_avgs, exp_avg_sqs, compensations))
-        return params, grads, exp_avgs, exp_avg_sqs, compensations, steps, ids
-
-    def _step_groups(self, grad_scale, found_inf, write_back_grads) -> None:
-        # stochastic rounding keys each tensor by its position among all params
-        first_id = 0
-        for group in self.param_groups:
-            self._step_group(group, grad_scale, found_inf, write_back_grads, first_id)
-            first_id += len(group["params"])
-
-    def _step_group(self, group, grad_scale, found_inf, write_back_grads, first_id=0) -> None:
-        params, grads, exp_avgs, exp_avg_sqs, compensations, steps, ids = \
-            self._init_group(group, first_id)
-        if not params:
-            return
-        device = params[0].device
-        self._check_kernels(device)
-        lr, lr_tensor = self._lr_args(group["lr"])
+    def _kernel_args(self, group, first_index):
         beta1, beta2 = group["betas"]
         rounding = (_KAHAN if group["use_kahan_summation"] else
                     _STOCHASTIC if group["rounding"] == "stochastic" else _NEAREST)
-        # torch.ops.pytrainer.anyprecision_adamw_, through its typed entry
-        ops.kernels.anyprecision_adamw_(
-            params, grads, exp_avgs, exp_avg_sqs, compensations, steps,
-            ids if rounding == _STOCHASTIC else [], lr, lr_tensor, float(beta1),
-            float(beta2), float(group["weight_decay"]), float(group["eps"]), rounding,
-            int(group["seed"]), self._on(grad_scale, device), self._on(found_inf, device),
-            write_back_grads)
+        # stochastic rounding keys each tensor by its position among all params
+        ids = [first_index + i for i, p in enumerate(group["params"]) if p.grad is not None] \
+            if rounding == _STOCHASTIC else []
+        return dict(rounding_ids=ids, beta1=float(beta1), beta2=float(beta2),
+                    weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
+                    rounding=rounding, seed=int(group["seed"]))
+
+
+AnyPrecisionAdamW.__doc__ = rf"""AdamW whose states live in the dtypes you choose, as torchdistx's
+    AnyPrecisionAdamW, fused into one kernel call per parameter group.
+
+    Per parameter, with :math:`t` the step count after this step, in float32 with
+    each stored value rounded once to its dtype::
+
+        p = p * (1 - lr*weight_decay)                  # when weight_decay != 0
+        m = beta1*m + (1-beta1)*g                      # stored in momentum_dtype
+        v = beta2*v + (1-beta2)*g*g                    # stored in variance_dtype
+        u = -(lr/(1-beta1^t)) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)
+        p = p + u                                      # plain
+        c = c + u; y = p; p = p + c; c = c + (y - p)   # use_kahan_summation
+
+    With 16-bit parameters a plain update below half a unit in the last place of
+    the weight is lost; the Kahan buffer ``c`` (in ``compensation_buffer_dtype``)
+    keeps what rounding dropped and adds it back on later steps. As an alternative,
+    ``rounding="stochastic"`` rounds the new 16-bit weight up or down at random with
+    the probabilities that make it exact on average, from a counter-based random
+    stream keyed by ``seed``, the parameter's position in the optimizer and the
+    step: the same result on every run (and on CPU and CUDA) for the same seed.
+
+    Parameters may be float32, bfloat16 or float16. State keys: ``step``,
+    ``exp_avg``, ``exp_avg_sq`` and, with Kahan summation, ``compensation``.
+
+    {_kernels_doc}
+
+    Args:
+        {_params_doc}
+        {_lr_doc} (default: 1e-3)
+        {_betas_doc}
+        {_eps_doc}
+        {_weight_decay_doc} (default: 0)
+        use_kahan_summation (bool, optional): keep the compensation buffer ``c``
+            (default: False)
+        momentum_dtype (torch.dtype or str, optional): dtype of ``exp_avg``, one of
+            float32, bfloat16, float16 (default: float32)
+        variance_dtype (torch.dtype or str, optional): dtype of ``exp_avg_sq``
+            (default: bfloat16)
+        compensation_buffer_dtype (torch.dtype or str, optional): dtype of the
+            Kahan compensation (default: bfloat16)
+        rounding (str, optional): how a new 16-bit weight is rounded, ``"nearest"``
+            or ``"stochastic"`` (default: "nearest")
+        seed (int, optional): seed of the stochastic rounding, in [0, 2**63)
+            (default: 0)
+    """

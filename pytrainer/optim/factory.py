@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from pytrainer.optim.registry import OptimizerConfig, build_optimizer, parse_optim_args
+from pytrainer.optim.registry import OptimizerConfig, build_optimizer
 
 if TYPE_CHECKING:
     from pytrainer.training_args import TrainingArguments
@@ -46,9 +46,10 @@ def create_optimizer(model: nn.Module, args: "TrainingArguments") -> torch.optim
 
     Two groups, as Hugging Face builds them: the decayed parameters with
     ``args.weight_decay`` and the rest with 0.0 (an empty group is left out).
-    ``learning_rate``, ``adam_beta1/2``, ``adam_epsilon`` and ``optim_args`` reach
-    the builder through :class:`OptimizerConfig`. Raises ValueError when the model
-    has no trainable parameter.
+    ``learning_rate``, ``adam_beta1/2``, ``adam_epsilon``, ``optim_args`` (and the
+    model, for the optimizers that need it) reach the builder through
+    :class:`OptimizerConfig`. Raises ValueError when the model has no trainable
+    parameter.
     """
     decay = set(get_decay_parameter_names(model))
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -60,6 +61,5 @@ def create_optimizer(model: nn.Module, args: "TrainingArguments") -> torch.optim
          "weight_decay": args.weight_decay},
         {"params": [p for name, p in trainable if name not in decay], "weight_decay": 0.0},
     ]
-    config = OptimizerConfig(lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                             eps=args.adam_epsilon, optim_args=parse_optim_args(args.optim_args))
+    config = OptimizerConfig.from_args(args, model)
     return build_optimizer(args.optim, [g for g in groups if g["params"]], config)

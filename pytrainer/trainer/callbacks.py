@@ -150,6 +150,7 @@ class JsonLinesLogCallback(TrainerCallback):
 
 class TensorBoardCallback(TrainerCallback):
     """Scalars of every log to TensorBoard, where Hugging Face writes them: the
+    ``logging_dir`` argument of transformers 4.x when a script gives it, else the
     ``TENSORBOARD_LOGGING_DIR`` environment variable when set, otherwise
     ``output_dir/runs/<date>_<host>`` (a new folder per run, as torch's default)."""
 
@@ -162,6 +163,8 @@ class TensorBoardCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or self.writer is not None:
             return
+        # transformers 4.x's logging_dir, when a script gives it, wins over the environment
+        self.logging_dir = getattr(args, "logging_dir", None) or self.logging_dir
         if self.logging_dir is None:
             run = datetime.now().strftime("%b%d_%H-%M-%S") + "_" + socket.gethostname()
             self.logging_dir = os.path.join(args.output_dir, "runs", run)

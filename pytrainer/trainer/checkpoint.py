@@ -26,10 +26,11 @@ from torch import nn
 
 from pytrainer.trainer.state import CheckpointError, TrainerState
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_model_weights", "load_tensors",
+__all__ = ["CheckpointError", "save_checkpoint", "save_weights", "load_model_weights",
+           "load_tensors", "model_state_to_save", "drop_aliases", "tied_groups",
            "latest_checkpoint", "sorted_checkpoints", "rotate_checkpoints", "check_checkpoint",
            "WEIGHTS_SAFETENSORS", "WEIGHTS_TORCH", "OPTIMIZER", "SCHEDULER", "SCALER",
-           "TRAINER_STATE", "TRAINING_ARGS", "rng_file"]
+           "TRAINER_STATE", "TRAINING_ARGS", "PREFIX", "rng_file"]
 
 PREFIX = "checkpoint"
 TMP_PREFIX = ".tmp-checkpoint-"
@@ -84,8 +85,10 @@ def model_state_to_save(model: nn.Module) -> dict[str, torch.Tensor]:
     return drop_aliases(model, model.state_dict())
 
 
-def _save_weights(model: nn.Module, folder: Path, safetensors: bool,
-                  state: dict[str, torch.Tensor] | None = None) -> None:
+def save_weights(model: nn.Module, folder: Path, safetensors: bool,
+                 state: dict[str, torch.Tensor] | None = None) -> None:
+    """The model's weights in ``folder`` (``state``: its whole state when the
+    model is sharded), flushed to disk."""
     state = model_state_to_save(model) if state is None else state
     if safetensors:
         from safetensors.torch import save_file
@@ -117,7 +120,7 @@ def save_checkpoint(output_dir: str, step: int, *, model: nn.Module,
     barrier()
     _write(tmp / rng_file(rank, world_size), lambda p: torch.save(rng_state, p))
     if rank == 0:
-        _save_weights(model, tmp, safetensors, model_state)
+        save_weights(model, tmp, safetensors, model_state)
         if optimizer_state is not None:
             _write(tmp / OPTIMIZER, lambda p: torch.save(optimizer_state, p))
         if scheduler is not None:

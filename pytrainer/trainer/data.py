@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 __all__ = ["WindowBatchSampler", "default_data_collator", "PaddingCollator", "count_targets",
-           "build_train_loader", "build_eval_loader", "seed_loader", "IGNORE_INDEX"]
+           "build_train_loader", "build_eval_loader", "eval_batches", "seed_loader",
+           "IGNORE_INDEX"]
 
 #: the label value losses ignore (torch's cross_entropy default)
 IGNORE_INDEX = -100
@@ -173,11 +174,29 @@ def seed_loader(loader: DataLoader, seed: int, epoch: int) -> None:
     loader.generator.manual_seed(seed * 100_003 + epoch)
 
 
+def eval_batches(num_samples: int, batch_size: int, world_size: int = 1, rank: int = 0
+                 ) -> tuple[list[list[int]], int]:
+    """Rank ``rank``'s evaluation batches, in order: every world_size-th batch-sized
+    slice (no padding inside a batch: the metrics are gathered per sample), and
+    how many of them are real. Under several ranks every rank gets as many batches
+    as the rank with the most (each forward of a sharded model is a collective);
+    the extra ones repeat the set's first batch and must not be counted."""
+    starts = range(rank * batch_size, num_samples, batch_size * world_size)
+    batches = [list(range(i, min(i + batch_size, num_samples))) for i in starts]
+    real = len(batches)
+    if world_size > 1 and num_samples > 0:
+        most = math.ceil(math.ceil(num_samples / batch_size) / world_size)
+        batches += [list(range(min(batch_size, num_samples)))] * (most - real)
+    return batches, real
+
+
 def build_eval_loader(dataset: Dataset, batch_size: int, collate_fn: Callable, num_workers: int,
-                      device: torch.device, world_size: int = 1, rank: int = 0) -> DataLoader:
+                      device: torch.device, world_size: int = 1, rank: int = 0
+                      ) -> tuple[DataLoader, int]:
     """In order, no shuffling; with several ranks each takes every world_size-th
-    batch-sized slice (no padding: the metrics are gathered per sample)."""
-    indices = list(range(rank * batch_size, len(dataset), batch_size * world_size))
-    batches = [list(range(i, min(i + batch_size, len(dataset)))) for i in indices]
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn,
-                      num_workers=num_workers, pin_memory=_pin(device))
+    batch-sized slice (see ``eval_batches``). Returns the loader and how many of
+    its batches are real: the others only keep the ranks in step."""
+    batches, real = eval_batches(len(dataset), batch_size, world_size, rank)
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn,
+                        num_workers=num_workers, pin_memory=_pin(device))
+    return loader, real

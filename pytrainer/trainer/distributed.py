@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistributedContext", "init_distributed", "select_device", "DistributedSetupError",
-           "fsdp2_available", "shard_fsdp2"]
+           "fsdp2_available"]
 
 
 class DistributedSetupError(RuntimeError):
@@ -65,11 +66,37 @@ class DistributedContext:
 
     def shutdown(self) -> None:
         """Leaves the process group (when this context created it) once every rank
-        is done: no rank tears down its connections under a peer still talking."""
+        is done: no rank tears down its connections under a peer still talking.
+        A process ending on an uncaught exception leaves at once instead: its peers
+        may wait in a collective it will never join (torchrun then stops them),
+        and a barrier would hold it until ``ddp_timeout``."""
         if self.owns_group and dist.is_initialized():
+            self.owns_group = False
+            if _Failure.uncaught:
+                return
             dist.barrier()
             dist.destroy_process_group()
-            self.owns_group = False
+
+
+class _Failure:
+    """Whether this process is ending on an uncaught exception: Python calls
+    ``sys.excepthook`` before the atexit handlers (where a Trainer shuts down)."""
+
+    uncaught = False
+
+    @classmethod
+    def watch(cls) -> None:
+        previous = sys.excepthook
+        if getattr(previous, "notes_failure", False):
+            return
+
+        def hook(kind, value, traceback):
+            cls.uncaught = True
+            previous(kind, value, traceback)
+
+        hook.notes_failure = True
+        sys.excepthook = hook
+
 
 
 def _env_int(name: str) -> int | None:
@@ -120,6 +147,7 @@ def init_distributed(use_cpu: bool, timeout_s: float) -> DistributedContext:
             f"rank {rank} of {world} could not join the process group at {master} within "
             f"{timeout_s:g} s ({type(error).__name__}: {error}); check that every rank runs, that "
             "MASTER_ADDR/MASTER_PORT reach rank 0, and --nnodes/--nproc_per_node") from None
+    _Failure.watch()
     return DistributedContext(world, rank, local_rank, owns_group=True)
 
 
@@ -142,16 +170,3 @@ def fsdp2_available() -> bool:
         return False
     return True
 
-
-def shard_fsdp2(model: torch.nn.Module) -> None:
-    """FSDP2 in place: each child module with parameters is a unit, then the root
-    (which takes the rest); parameters become DTensors holding this rank's shard."""
-    if not fsdp2_available():
-        raise DistributedSetupError(
-            f"fsdp2=True needs torch.distributed.fsdp.fully_shard (torch >= 2.6); this is torch "
-            f"{torch.__version__}")
-    from torch.distributed.fsdp import fully_shard
-    for child in model.children():
-        if any(p.requires_grad for p in child.parameters()):
-            fully_shard(child)
-    fully_shard(model)

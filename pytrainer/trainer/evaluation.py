@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["batch_size_of", "logits_of", "to_numpy", "concat_padded"]
+__all__ = ["batch_size_of", "logits_of", "to_numpy", "concat_padded", "gather_in_order"]
 
 
 def batch_size_of(batch: dict[str, Any]) -> int:
@@ -60,3 +60,24 @@ def concat_padded(arrays: list[Any], pad: int = -100) -> Any:
         out[:, :a.shape[1]] = a
         padded.append(out)
     return np.concatenate(padded, axis=0)
+
+
+def gather_in_order(dist, predictions: list[tuple[int, Any]], labels: list[tuple[int, Any]]
+                    ) -> tuple[Any, Any]:
+    """Every rank's (batch index, array) pairs of predictions and labels, back in
+    dataset order (rank r's batch i is the evaluation set's batch i * world + r)."""
+    world = dist.world_size
+    gathered_p = dist.all_gather_objects(predictions)
+    gathered_l = dist.all_gather_objects(labels)
+    ordered_p, ordered_l = [], []
+    for r in range(world):
+        for (index, p), (_, label) in zip(gathered_p[r], gathered_l[r]):
+            ordered_p.append((index * world + r, p))
+            ordered_l.append((index * world + r, label))
+    ordered_p.sort(key=lambda item: item[0])
+    ordered_l.sort(key=lambda item: item[0])
+    preds = concat_padded([p for _, p in ordered_p])
+    label_arrays = [label for _, label in ordered_l]
+    labels_all = None if not label_arrays or label_arrays[0] is None else \
+        concat_padded(label_arrays)
+    return preds, labels_all

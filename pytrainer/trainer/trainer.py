@@ -7,17 +7,20 @@ device value back to the host per micro-batch or per update: losses, token
 counts, the gradient norm and the inf/NaN flag stay on the device until a log
 line needs them. With pytrainer's optimizers the clipping factor and the
 inf/NaN flag go straight into the fused kernel (``step_scaled``).
+
+How the update reaches the optimizer (stepping.py) and how the ranks hold the
+model (parallel.py) are chosen once, when training starts.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
-import inspect
 import logging
 import math
 import os
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -30,10 +33,14 @@ from pytrainer.trainer.callbacks import (CallbackHandler, DefaultFlowCallback,
 from pytrainer.trainer.data import (WindowBatchSampler, build_eval_loader, build_train_loader,
                                     count_targets, default_data_collator, seed_loader)
 from pytrainer.trainer.distributed import init_distributed, select_device
-from pytrainer.trainer.evaluation import batch_size_of, concat_padded, logits_of, to_numpy
+from pytrainer.trainer.evaluation import batch_size_of, gather_in_order, logits_of, to_numpy
+from pytrainer.trainer.model_io import accepts_loss_kwargs, loss_of, loss_shifts_labels, to_device
+from pytrainer.trainer.nonfinite import NonFiniteWatch, Reading
+from pytrainer.trainer.parallel import Replicated, choose_parallel
 from pytrainer.trainer.schedules import create_scheduler
 from pytrainer.trainer.state import (CheckpointError, EvalPrediction, PredictionOutput,
                                      TrainerControl, TrainerState, TrainOutput)
+from pytrainer.trainer.stepping import choose_stepper
 from pytrainer.training_args import TrainingArguments
 from pytrainer.utils.seed import get_rng_state, set_rng_state, set_seed
 
@@ -46,58 +53,12 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive updates had a NaN or inf loss or gradient."""
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _loss_of(outputs: Any) -> torch.Tensor:
-    if isinstance(outputs, dict) or hasattr(outputs, "keys"):
-        if "loss" not in outputs.keys():
-            raise ValueError(f"the model returned keys {list(outputs.keys())} without 'loss'; "
-                             "return the loss, or pass compute_loss_func")
-        return outputs["loss"]
-    if isinstance(outputs, (tuple, list)):
-        return outputs[0]
-    loss = getattr(outputs, "loss", None)
-    if loss is None:
-        if isinstance(outputs, torch.Tensor) and outputs.dim() == 0:
-            return outputs
-        raise ValueError(f"cannot find a loss in the model's output ({type(outputs).__name__}): "
-                         "return an object with .loss, a dict with 'loss' or a tuple whose first "
-                         "item is the loss, or pass compute_loss_func")
-    return loss
-
-
-def _accepts_loss_kwargs(model: nn.Module) -> bool:
-    if hasattr(model, "accepts_loss_kwargs"):
-        return bool(model.accepts_loss_kwargs)
-    params = inspect.signature(model.forward).parameters
-    return "num_items_in_batch" in params or any(
-        p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _loss_shifts_labels(model: nn.Module) -> bool:
-    """Whether the model's loss predicts labels[i+1] at position i (a causal LM of
-    transformers): then position 0 of each row is no target."""
-    if hasattr(model, "loss_shifts_labels"):
-        return bool(model.loss_shifts_labels)
-    try:
-        from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
-    except ImportError:
-        return False
-    config = getattr(model, "config", None)
-    return (LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss
-            and not getattr(config, "is_encoder_decoder", False))
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
-    return batch
+class _Plan(NamedTuple):
+    """The step accounting of a run."""
+    batches_per_epoch: int
+    steps_per_epoch: int
+    max_steps: int
+    num_epochs: int
 
 
 class Trainer:
@@ -131,10 +92,19 @@ class Trainer:
         self.compute_metrics = compute_metrics
         self.compute_loss_func = compute_loss_func
         self.optimizer, self.lr_scheduler = optimizers
-        self.model_accepts_loss_kwargs = _accepts_loss_kwargs(self.model)
-        self.loss_shifts_labels = _loss_shifts_labels(self.model)
+        if args.fsdp2 and self.dist.enabled and self.optimizer is not None:
+            raise ValueError(
+                "fsdp2=True shards the model when training starts, and an optimizer passed in "
+                "`optimizers` would keep updating the parameters from before sharding (training "
+                "nothing); let the Trainer create it (optim=..., learning_rate=..., "
+                "weight_decay=...), or pass optimizer_cls_and_kwargs=(optimizer class, kwargs)")
+        self.model_accepts_loss_kwargs = accepts_loss_kwargs(self.model)
+        self.loss_shifts_labels = loss_shifts_labels(self.model)
         self.label_names = args.label_names or ["labels"]
         self.scaler = (torch.amp.GradScaler(self.device.type) if args.fp16 else None)
+        # until train() wraps the model, every rank holds it whole
+        self.parallel = Replicated(self.dist)
+        self.stepper = choose_stepper(self.optimizer, self.scaler, args.max_grad_norm)
         self.state = TrainerState(is_world_process_zero=self.dist.is_main,
                                   is_local_process_zero=self.dist.local_rank == 0)
         self.control = TrainerControl()
@@ -145,7 +115,7 @@ class Trainer:
                                                 model=self.model, processing_class=None)
         self._resumed_from: str | None = None
         self._optimizer_built_here = False
-        self._fsdp2 = False
+        self._wrapped = False
         self.control = self.callback_handler.call("on_init_end", args, self.state, self.control)
         if self.dist.enabled:
             # a script that never calls close() still tears down in the safe order
@@ -188,37 +158,22 @@ class Trainer:
         return self.lr_scheduler
 
     def _wrap_model(self) -> nn.Module:
-        """DistributedDataParallel under torchrun, or FSDP2 (``fsdp2``: every child
-        module with parameters, then the root, sharded in place)."""
-        if not self.dist.enabled or self.model_wrapped is not self.model:
+        """Chooses how the ranks hold the model (once): DistributedDataParallel under
+        torchrun, FSDP2 with ``fsdp2`` (sharded in place), else the model as it is."""
+        if self._wrapped:
             return self.model_wrapped
-        if self.args.fsdp2:
-            from pytrainer.trainer.distributed import shard_fsdp2
-            shard_fsdp2(self.model)
-            self.model_wrapped = self.model
-            self._fsdp2 = True
-            if self.optimizer is not None and self._optimizer_built_here:
-                # parameters became DTensors: build the optimizer over them
-                self.optimizer = None
-                self.create_optimizer()
-                self.lr_scheduler = None
-        else:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model_wrapped = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=ids,
-                find_unused_parameters=bool(self.args.ddp_find_unused_parameters))
+        args = self.args
+        self.parallel = choose_parallel(self.dist, self.device, args.fsdp2,
+                                        bool(args.ddp_find_unused_parameters))
+        self.model_wrapped = self.parallel.wrap(self.model)
+        self._wrapped = True
+        if self.parallel.rebuilds_optimizer and self.optimizer is not None \
+                and self._optimizer_built_here:
+            # the parameters changed (FSDP2's DTensors): build the optimizer over them
+            self.optimizer = None
+            self.create_optimizer()
+            self.lr_scheduler = None
         return self.model_wrapped
-
-    def _gradient_sync(self, model: nn.Module, enabled: bool):
-        """The all-reduce of gradients runs on the last micro-batch of a window only."""
-        if enabled:
-            if getattr(self, "_fsdp2", False):
-                model.set_requires_gradient_sync(True)
-            return contextlib.nullcontext()
-        if getattr(self, "_fsdp2", False):
-            model.set_requires_gradient_sync(False)
-            return contextlib.nullcontext()
-        return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
 
     def _autocast(self):
         if self.args.bf16:
@@ -232,6 +187,20 @@ class Trainer:
         return WindowBatchSampler(len(self.train_dataset), self.args.per_device_train_batch_size,
                                   seed=seed, shuffle=True, drop_last=self.args.dataloader_drop_last,
                                   world_size=self.dist.world_size, rank=self.dist.rank)
+
+    def _plan(self, batches_per_epoch: int) -> _Plan:
+        args = self.args
+        if batches_per_epoch == 0:
+            raise ValueError(f"the training set ({len(self.train_dataset)} samples) is smaller than "
+                             "one batch and dataloader_drop_last is set")
+        steps_per_epoch = max(math.ceil(batches_per_epoch / args.gradient_accumulation_steps), 1)
+        if args.max_steps > 0:
+            max_steps = args.max_steps
+            num_epochs = math.ceil(max_steps / steps_per_epoch)
+        else:
+            max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
+            num_epochs = math.ceil(args.num_train_epochs)
+        return _Plan(batches_per_epoch, steps_per_epoch, max_steps, num_epochs)
 
     # ------------------------------------------------------------ training
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
@@ -247,32 +216,20 @@ class Trainer:
         sampler = self._train_sampler()
         loader = build_train_loader(self.train_dataset, sampler, self.data_collator,
                                     args.dataloader_num_workers, self.device)
-        batches_per_epoch = len(sampler)
-        if batches_per_epoch == 0:
-            raise ValueError(f"the training set ({len(self.train_dataset)} samples) is smaller than "
-                             "one batch and dataloader_drop_last is set")
-        accumulation = args.gradient_accumulation_steps
-        steps_per_epoch = max(math.ceil(batches_per_epoch / accumulation), 1)
-        if args.max_steps > 0:
-            max_steps = args.max_steps
-            num_epochs = math.ceil(max_steps / steps_per_epoch)
-        else:
-            max_steps = math.ceil(args.num_train_epochs * steps_per_epoch)
-            num_epochs = math.ceil(args.num_train_epochs)
-
+        plan = self._plan(len(sampler))
         model = self._wrap_model()
         self.create_optimizer()
-        self.create_scheduler(max_steps)
-        intervals = args.resolve_steps(max_steps)
+        self.create_scheduler(plan.max_steps)
+        self.stepper = choose_stepper(self.optimizer, self.scaler, args.max_grad_norm)
+        intervals = args.resolve_steps(plan.max_steps)
         self.state = TrainerState(
-            max_steps=max_steps, logging_steps=intervals.logging_steps,
+            max_steps=plan.max_steps, logging_steps=intervals.logging_steps,
             eval_steps=intervals.eval_steps, save_steps=intervals.save_steps,
-            train_batch_size=args.per_device_train_batch_size, num_train_epochs=num_epochs,
+            train_batch_size=args.per_device_train_batch_size, num_train_epochs=plan.num_epochs,
             is_world_process_zero=self.dist.is_main,
             is_local_process_zero=self.dist.local_rank == 0)
         if checkpoint is not None:
             self._load_checkpoint(checkpoint)
-        epochs_done, steps_done_in_epoch = divmod(self.state.global_step, steps_per_epoch)
 
         self.callback_handler.objects.update(model=self.model, train_dataloader=loader)
         self._event("on_train_begin")
@@ -280,8 +237,18 @@ class Trainer:
         self.model.zero_grad(set_to_none=True)
         self._reset_accumulators()
         start, start_step = time.perf_counter(), self.state.global_step
+        samples = self._train_epochs(model, loader, sampler, plan)
+        self._note_skipped(self._watch.drain())  # the last updates' flags
+        self._stop_if_nonfinite()
+        return self._end_training(time.perf_counter() - start, start_step, samples)
+
+    def _train_epochs(self, model: nn.Module, loader, sampler: WindowBatchSampler,
+                      plan: _Plan) -> int:
+        """The epochs from the state's step on; returns the samples this rank trained on."""
+        accumulation = self.args.gradient_accumulation_steps
+        epochs_done, steps_done_in_epoch = divmod(self.state.global_step, plan.steps_per_epoch)
         samples = 0
-        for epoch in range(epochs_done, num_epochs):
+        for epoch in range(epochs_done, plan.num_epochs):
             if self.control.should_training_stop:
                 break
             sampler.set_epoch(epoch)
@@ -299,27 +266,20 @@ class Trainer:
                 self._event("on_step_begin")
                 samples += self._update(model, window)
                 micro_done += len(window)
-                self.state.epoch = epoch + micro_done / batches_per_epoch
+                self.state.epoch = epoch + micro_done / plan.batches_per_epoch
                 self._event("on_step_end")
                 self._maybe_log_save_evaluate()
             self._event("on_epoch_end")
             self._maybe_log_save_evaluate()
-        self._check_nonfinite(final=True)
+        return samples
 
-        runtime = time.perf_counter() - start
+    def _end_training(self, runtime: float, start_step: int, samples: int) -> TrainOutput:
         self._flush_loss_accumulators()
         steps = self.state.global_step - start_step
         train_loss = self.state.total_loss / max(self.state.global_step, 1)
-        if args.load_best_model_at_end and self.state.best_model_checkpoint:
+        if self.args.load_best_model_at_end and self.state.best_model_checkpoint:
             self.dist.barrier()
-            best = self.state.best_model_checkpoint
-            if self._fsdp2:
-                from torch.distributed.checkpoint.state_dict import (StateDictOptions,
-                                                                     set_model_state_dict)
-                ckpt.load_model_weights(self.model, best, load=lambda full: set_model_state_dict(
-                    self.model, full, options=StateDictOptions(full_state_dict=True)))
-            else:
-                ckpt.load_model_weights(self.model, best)
+            self.parallel.load_model_weights(self.model, self.state.best_model_checkpoint)
         metrics = {"train_runtime": runtime,
                    "train_samples_per_second": samples * self.dist.world_size / max(runtime, 1e-9),
                    "train_steps_per_second": steps / max(runtime, 1e-9),
@@ -331,13 +291,13 @@ class Trainer:
 
     def _update(self, model: nn.Module, window: list[dict[str, Any]]) -> int:
         """One optimizer update from the window's micro-batches; returns its samples."""
-        window = [_to_device(batch, self.device) for batch in window]
+        window = [to_device(batch, self.device) for batch in window]
         num_items = self._count_targets(window)
         step_loss = torch.zeros((), device=self.device)
         samples = 0
         for i, batch in enumerate(window):
             last = i == len(window) - 1
-            with self._gradient_sync(model, enabled=last):
+            with self.parallel.gradient_sync(model, enabled=last):
                 step_loss += self.training_step(model, batch, num_items, len(window))
             samples += batch_size_of(batch)
             if not last:
@@ -367,10 +327,7 @@ class Trainer:
             loss = loss * self.dist.world_size
         else:
             loss = loss / window_size
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
+        self.stepper.backward(loss)
         # as the gradient all-reduce sees it: the mean over ranks is the global loss
         return loss.detach()
 
@@ -392,77 +349,33 @@ class Trainer:
         if self.compute_loss_func is not None:
             loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
         else:
-            loss = _loss_of(outputs)
+            loss = loss_of(outputs)
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------ the update
-    def _grads(self) -> list[torch.Tensor]:
-        return [p.grad for p in self.model.parameters() if p.grad is not None]
-
     def _optimizer_update(self, step_loss: torch.Tensor) -> None:
-        args, optimizer = self.args, self.optimizer
-        grads = self._grads()
-        if self.scaler is not None:
-            self.scaler.unscale_(optimizer)
-        norm = self._total_norm(grads)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        self.stepper.unscale(self.optimizer)
+        norm = self.parallel.grad_norm(grads, self.device)
         self._grad_norm = norm
         # every rank must take the same decision: the grads (hence the norm) are
         # reduced already; the loss flag is summed over ranks
-        loss_bad = self.dist.all_reduce_sum((~torch.isfinite(step_loss)).to(torch.float32))
-        bad = ~torch.isfinite(norm) | (loss_bad > 0)
-        clip = args.max_grad_norm > 0
+        loss_bad = self.dist.all_reduce_sum((~torch.isfinite(step_loss)).to(torch.float32)) > 0
+        bad = ~torch.isfinite(norm) | loss_bad
         self._event("on_pre_optimizer_step")
         self._lr_used = self._current_lr()
-        if self.scaler is not None:
-            # fp16: the scaler found the infs and skips those steps itself
-            if clip:
-                torch._foreach_mul_(grads, torch.clamp(args.max_grad_norm / (norm + 1e-6), max=1.0))
-            self.scaler.step(optimizer)
-            self.scaler.update()
-            bad = torch.zeros_like(bad)
-        elif hasattr(optimizer, "step_scaled"):
-            # pytrainer's kernels divide by the scale and skip on the flag, on the device
-            scale = torch.clamp((norm + 1e-6) / args.max_grad_norm, min=1.0) if clip else None
-            optimizer.step_scaled(scale, bad.to(torch.float32))
-        elif getattr(optimizer, "_step_supports_amp_scaling", False) and \
-                getattr(optimizer, "defaults", {}).get("fused"):
-            # torch's fused optimizers take the same two tensors (GradScaler's protocol)
-            optimizer.grad_scale = (torch.clamp((norm + 1e-6) / args.max_grad_norm, min=1.0)
-                                    .to(torch.float32) if clip else None)
-            optimizer.found_inf = bad.to(torch.float32)
-            try:
-                optimizer.step()
-            finally:
-                del optimizer.grad_scale, optimizer.found_inf
-        else:
-            if clip:
-                torch._foreach_mul_(grads, torch.clamp(args.max_grad_norm / (norm + 1e-6), max=1.0))
-            # other optimizers cannot skip on a device flag: one sync per update
-            if not bool(bad):
-                optimizer.step()
+        bad = self.stepper.step(self.optimizer, grads, norm, bad, loss_bad)
         self._event("on_optimizer_step")
         if self.lr_scheduler is not None and not isinstance(
                 self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.lr_scheduler.step()
         self.model.zero_grad(set_to_none=True)
         self.state.global_step += 1
-        good = (~bad).to(step_loss.dtype)
-        self._loss_sum += step_loss.float() * good
-        self._good_steps += good
-        self._streak = (self._streak + 1) * bad.to(self._streak.dtype)
-        self._check_nonfinite()
-
-    def _total_norm(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        """The 2-norm of all gradients, on the device (of the full gradients when
-        FSDP2 shards them: local sums of squares reduced over ranks)."""
-        if not grads:
-            return torch.zeros((), device=self.device)
-        from pytrainer.optim._base import local_tensor
-        local = [local_tensor(g) for g in grads]
-        squares = torch.stack([n.float().to(self.device) for n in torch._foreach_norm(local)]).square().sum()
-        if self._fsdp2:
-            self.dist.all_reduce_sum(squares)
-        return squares.sqrt()
+        # where, not a product: the loss of a skipped update may be NaN
+        self._loss_sum += torch.where(bad, 0.0, step_loss.float())
+        self._good_steps += (~bad).to(self._good_steps.dtype)
+        self._note_skipped(self._watch.record(self.state.global_step, bad))
+        self._stop_if_nonfinite()
 
     def _current_lr(self) -> float:
         if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "get_last_lr"):
@@ -476,54 +389,44 @@ class Trainer:
         device = self.device
         self._loss_sum = torch.tensor(self.state.loss_since_log, device=device)
         self._good_steps = torch.tensor(float(self.state.steps_since_log), device=device)
-        self._streak = torch.tensor(float(self.state.consecutive_bad_steps), device=device)
         self._grad_norm = torch.zeros((), device=device)
-        self._streak_seen = int(self.state.consecutive_bad_steps)
-        self._pending: tuple[int, torch.Tensor, Any] | None = None
+        self._watch = NonFiniteWatch(device, streak=self.state.consecutive_bad_steps)
+        self._nonfinite_limit_hit: tuple[int, int] | None = None
 
-    def _check_nonfinite(self, final: bool = False) -> None:
-        """Reads the streak of skipped updates one update late (a non-blocking copy
-        and an event on CUDA: no synchronisation), logs each skipped update, and
-        stops the run after ``nonfinite_steps_limit`` in a row."""
-        if self.device.type == "cuda":
-            if self._pending is not None:
-                step, host, event = self._pending
-                if final:
-                    event.synchronize()
-                if event.query():
-                    self._pending = None
-                    self._on_streak(step, int(host.item()))
-            if not final and self._pending is None:
-                host = torch.empty((), dtype=torch.float32, pin_memory=True)
-                host.copy_(self._streak, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record()
-                self._pending = (self.state.global_step, host, event)
-        elif not final:
-            self._on_streak(self.state.global_step, int(self._streak.item()))
-
-    def _on_streak(self, step: int, streak: int) -> None:
-        if streak > 0 and streak != self._streak_seen:
-            message = f"non-finite loss or gradient at step {step}: update skipped"
-            logger.warning(message)
-            self.log({"nonfinite_update_skipped": step})
-        self._streak_seen = streak
-        self.state.consecutive_bad_steps = streak
+    def _note_skipped(self, readings: list[Reading]) -> None:
+        """Logs each skipped update read, and notes when ``nonfinite_steps_limit``
+        of them came in a row (``_stop_if_nonfinite`` then stops)."""
         limit = self.args.nonfinite_steps_limit
-        if limit and streak >= limit:
-            path = self._save_checkpoint()
-            raise NonFiniteLossError(
-                f"{streak} consecutive updates (through step {step}) had a NaN or inf loss or "
-                f"gradient and were skipped; stopping (nonfinite_steps_limit={limit}). The "
-                f"parameters are those of the last good update, saved in {path}")
+        for step, skipped, streak in readings:
+            if skipped:
+                logger.warning("non-finite loss or gradient at step %d: update skipped", step)
+                self._log({"nonfinite_update_skipped": step}, step)
+            if limit and streak >= limit and self._nonfinite_limit_hit is None:
+                self._nonfinite_limit_hit = (step, streak)
+        self.state.consecutive_bad_steps = self._watch.streak
+
+    def _stop_if_nonfinite(self) -> None:
+        if self._nonfinite_limit_hit is None:
+            return
+        step, streak = self._nonfinite_limit_hit
+        path = self._save_checkpoint()
+        raise NonFiniteLossError(
+            f"{streak} consecutive updates (through step {step}) had a NaN or inf loss or "
+            f"gradient and were skipped; stopping (nonfinite_steps_limit="
+            f"{self.args.nonfinite_steps_limit}). The parameters are those of the last good "
+            f"update, saved in {path}")
 
     # ------------------------------------------------------------ log / eval / save
-    def _flush_loss_accumulators(self) -> tuple[float, int]:
-        """Moves the device loss sums into the state (a host read); every rank takes
-        part (the loss logged is the mean over ranks, the loss of the global batch)."""
+    def _reduce_loss_sum(self) -> float:
+        """The loss sum since the last log line, averaged over ranks (every rank
+        takes part): the loss of the global batch, the same on every rank."""
         self.dist.all_reduce_sum(self._loss_sum)
         self._loss_sum /= self.dist.world_size
-        loss = float(self._loss_sum.item())
+        return float(self._loss_sum.item())
+
+    def _flush_loss_accumulators(self) -> tuple[float, int]:
+        """Moves the device loss sums into the state (a host read)."""
+        loss = self._reduce_loss_sum()
         good = int(self._good_steps.item())
         self.state.total_loss += loss
         self._loss_sum.zero_()
@@ -534,6 +437,10 @@ class Trainer:
 
     def _maybe_log_save_evaluate(self) -> None:
         metrics = None
+        control = self.control
+        if control.should_log or control.should_evaluate or control.should_save:
+            # the host waits for the device here anyway: skipped updates first
+            self._note_skipped(self._watch.drain())
         if self.control.should_log:
             loss, good = self._flush_loss_accumulators()
             logs: dict[str, float] = {}
@@ -553,6 +460,7 @@ class Trainer:
             self._save_checkpoint(metrics)
             self._event("on_save")
         self.control._new_step()
+        self._stop_if_nonfinite()
 
     def _best_metric_name(self) -> str:
         name = self.args.metric_for_best_model or "loss"
@@ -570,9 +478,12 @@ class Trainer:
 
     def log(self, logs: dict[str, float]) -> None:
         """Adds ``epoch`` and ``step``, appends to the state's log history, calls on_log."""
+        self._log(logs, self.state.global_step)
+
+    def _log(self, logs: dict[str, float], step: int) -> None:
         if self.state.epoch is not None:
             logs.setdefault("epoch", self.state.epoch)
-        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self.state.log_history.append({**logs, "step": step})
         self._event("on_log", logs=logs)
 
     def _rng_state(self) -> dict[str, Any]:
@@ -586,11 +497,12 @@ class Trainer:
             self.state.best_global_step = self.state.global_step
             self.state.best_model_checkpoint = os.path.join(
                 args.output_dir, f"{ckpt.PREFIX}-{self.state.global_step}")
-        # the loss bookkeeping, so that a resumed run logs what this one would
-        self.state.loss_since_log = float(self._loss_sum.item())
+        # the loss bookkeeping, so that a resumed run logs what this one would: the
+        # sum reduced over ranks (what every rank resumes from), the skips read
+        self.state.loss_since_log = self._reduce_loss_sum()
         self.state.steps_since_log = int(self._good_steps.item())
-        self.state.consecutive_bad_steps = int(self._streak.item())
-        model_state, optimizer_state = self._full_states()
+        self._note_skipped(self._watch.drain())
+        model_state, optimizer_state = self.parallel.full_states(self.model, self.optimizer)
         path = ckpt.save_checkpoint(
             args.output_dir, self.state.global_step, model=self.model,
             optimizer_state=optimizer_state, scheduler=self.lr_scheduler, scaler=self.scaler,
@@ -602,40 +514,6 @@ class Trainer:
                                     keep={self.state.best_model_checkpoint, self._resumed_from})
         self.dist.barrier()
         return path
-
-    def _full_states(self) -> tuple[dict | None, dict | None]:
-        """The model's state (each tied tensor once) and the optimizer's, whole, on
-        rank 0. Under FSDP2 every rank takes part in gathering the shards."""
-        if not self._fsdp2:
-            if not self.dist.is_main:
-                return None, None
-            return ckpt.model_state_to_save(self.model), self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
-                                                             get_model_state_dict,
-                                                             get_optimizer_state_dict)
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_state = get_model_state_dict(self.model, options=options)
-        optimizer_state = get_optimizer_state_dict(self.model, self.optimizer, options=options)
-        if not self.dist.is_main:
-            return None, None
-        return ckpt.drop_aliases(self.model, model_state), optimizer_state
-
-    def _load_full_states(self, path: str, optimizer_state: dict) -> None:
-        if not self._fsdp2:
-            ckpt.load_model_weights(self.model, path)
-            self.optimizer.load_state_dict(optimizer_state)
-            return
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions,
-                                                             set_model_state_dict,
-                                                             set_optimizer_state_dict)
-        options = StateDictOptions(full_state_dict=True)
-        ckpt.load_model_weights(
-            self.model, path, load=lambda full: set_model_state_dict(self.model, full,
-                                                                     options=options))
-        set_optimizer_state_dict(self.model, self.optimizer, optimizer_state, options=options)
-        from pytrainer.optim._base import KernelOptimizer
-        if isinstance(self.optimizer, KernelOptimizer):
-            self.optimizer._place_steps()
 
     def _resolve_checkpoint(self, resume: str | bool | None) -> str | None:
         if resume is None or resume is False:
@@ -650,11 +528,11 @@ class Trainer:
 
     def _load_checkpoint(self, path: str) -> None:
         """Restores the model, optimizer, scheduler, scaler, state and random states."""
-        from pathlib import Path
         ckpt.check_checkpoint(path)
         folder = Path(path)
         state = TrainerState.load_from_json(str(folder / ckpt.TRAINER_STATE))
-        self._load_full_states(path, ckpt.load_tensors(folder / ckpt.OPTIMIZER))
+        self.parallel.load_states(self.model, self.optimizer, path,
+                                  ckpt.load_tensors(folder / ckpt.OPTIMIZER))
         if self.lr_scheduler is not None and (folder / ckpt.SCHEDULER).is_file():
             self.lr_scheduler.load_state_dict(ckpt.load_tensors(folder / ckpt.SCHEDULER))
         if self.scaler is not None:
@@ -678,17 +556,11 @@ class Trainer:
     def save_model(self, output_dir: str | None = None) -> None:
         """The model weights (and the arguments) in ``output_dir`` (default: the run's)."""
         output_dir = output_dir or self.args.output_dir
-        model_state = None
-        if self._fsdp2:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions,
-                                                                 get_model_state_dict)
-            model_state = ckpt.drop_aliases(self.model, get_model_state_dict(
-                self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
+        model_state = self.parallel.full_model_state(self.model)
         if self.dist.is_main:
             os.makedirs(output_dir, exist_ok=True)
-            from pathlib import Path
-            ckpt._save_weights(self.model, Path(output_dir), self.args.save_safetensors,
-                               model_state)
+            ckpt.save_weights(self.model, Path(output_dir), self.args.save_safetensors,
+                              model_state)
             Path(output_dir, ckpt.TRAINING_ARGS).write_text(self.args.to_json_string(),
                                                             encoding="utf-8")
         self.dist.barrier()
@@ -727,9 +599,9 @@ class Trainer:
 
     def _evaluation_loop(self, dataset: Dataset, prefix: str, keep_predictions: bool = False):
         args = self.args
-        loader = build_eval_loader(dataset, args.per_device_eval_batch_size, self.data_collator,
-                                   args.dataloader_num_workers, self.device,
-                                   self.dist.world_size, self.dist.rank)
+        loader, real = build_eval_loader(dataset, args.per_device_eval_batch_size,
+                                         self.data_collator, args.dataloader_num_workers,
+                                         self.device, self.dist.world_size, self.dist.rank)
         model = self.model
         was_training = model.training
         model.eval()
@@ -738,53 +610,40 @@ class Trainer:
         counted = torch.zeros((), dtype=torch.float64, device=self.device)
         predictions, labels = [], []
         start = time.perf_counter()
-        batches = 0
-        for batch in loader:
-            batch = _to_device(batch, self.device)
+        for index, batch in enumerate(loader):
+            batch = to_device(batch, self.device)
             loss, logits, label = self.prediction_step(model, batch)
-            size = batch_size_of(batch)
-            if loss is not None and torch.isfinite(loss):
-                loss_sum += loss.double() * size
-                counted += size
+            if index >= real:  # run only to keep in step with the other ranks
+                continue
+            if loss is not None:  # a non-finite loss is left out, on the device
+                finite = torch.isfinite(loss)
+                size = batch_size_of(batch)
+                loss_sum += torch.where(finite, loss.double() * size, 0.0)
+                counted += finite.double() * size
             if want:
-                predictions.append((batches, to_numpy(logits)))
-                labels.append((batches, to_numpy(label) if label is not None else None))
-            batches += 1
+                predictions.append((index, to_numpy(logits)))
+                labels.append((index, to_numpy(label) if label is not None else None))
         model.train(was_training)
         self.dist.all_reduce_sum(loss_sum)
         self.dist.all_reduce_sum(counted)
         runtime = time.perf_counter() - start
         predictions_all = labels_all = None
         if want:
-            predictions_all, labels_all = self._gather_predictions(predictions, labels)
-        metrics: dict[str, float] = {}
-        if counted.item() > 0:
-            metrics[f"{prefix}_loss"] = float(loss_sum.item() / counted.item())
-        if self.compute_metrics is not None and predictions_all is not None:
-            extra = self.compute_metrics(EvalPrediction(predictions_all, labels_all))
-            for key, value in (extra or {}).items():
-                metrics[key if key.startswith(f"{prefix}_") else f"{prefix}_{key}"] = value
+            predictions_all, labels_all = gather_in_order(self.dist, predictions, labels)
+        metrics = self._eval_metrics(prefix, loss_sum, counted, predictions_all, labels_all)
         metrics[f"{prefix}_runtime"] = runtime
         metrics[f"{prefix}_samples_per_second"] = len(dataset) / max(runtime, 1e-9)
         metrics[f"{prefix}_steps_per_second"] = (
             math.ceil(len(dataset) / args.per_device_eval_batch_size) / max(runtime, 1e-9))
         return predictions_all, labels_all, metrics
 
-    def _gather_predictions(self, predictions, labels):
-        """Every rank's (batch index, array) pairs, back in dataset order."""
-        world, rank = self.dist.world_size, self.dist.rank
-        gathered_p = self.dist.all_gather_objects(predictions)
-        gathered_l = self.dist.all_gather_objects(labels)
-        ordered_p, ordered_l = [], []
-        for r in range(world):
-            for (index, p), (_, label) in zip(gathered_p[r], gathered_l[r]):
-                ordered_p.append((index * world + r, p))
-                ordered_l.append((index * world + r, label))
-        ordered_p.sort(key=lambda item: item[0])
-        ordered_l.sort(key=lambda item: item[0])
-        preds = concat_padded([p for _, p in ordered_p])
-        label_arrays = [label for _, label in ordered_l]
-        labels_all = None if not label_arrays or label_arrays[0] is None else \
-            concat_padded(label_arrays)
-        del rank
-        return preds, labels_all
+    def _eval_metrics(self, prefix: str, loss_sum: torch.Tensor, counted: torch.Tensor,
+                      predictions: Any, labels: Any) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if counted.item() > 0:
+            metrics[f"{prefix}_loss"] = float(loss_sum.item() / counted.item())
+        if self.compute_metrics is not None and predictions is not None:
+            extra = self.compute_metrics(EvalPrediction(predictions, labels))
+            for key, value in (extra or {}).items():
+                metrics[key if key.startswith(f"{prefix}_") else f"{prefix}_{key}"] = value
+        return metrics
