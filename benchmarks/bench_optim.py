@@ -2,10 +2,11 @@
 
 Every candidate runs in the same process on the same parameter set, in
 interleaved rounds (machines are noisy: a slow minute hits all candidates
-alike); the figures are medians over rounds, and ratios are medians of the
-per-round ratios. A memory reference is timed in the same rounds, so effective
-bandwidth can be read as a fraction of what the memory delivers: on the CPU one
-pass over four 256 MiB float32 buffers that reads all four and writes three
+alike); the figures are medians over rounds (the memory reference: its best
+round), and ratios are medians of the per-round ratios. A memory reference is
+timed in the same rounds, so effective bandwidth can be read as a fraction of
+what the memory delivers: on the CPU one pass over four 256 MiB float32 buffers
+that reads all four and writes three
 (``pytrainer.memory_pass_``: an AdamW step's streams, on the kernels' threads),
 on CUDA a device copy of 1 GiB.
 
@@ -127,8 +128,9 @@ def for_isas(cands: list[Candidate], isas: list[str] | None) -> list[Candidate]:
 
 
 def candidates(dtype: torch.dtype) -> list[Candidate]:
-    """AdamW variants; for bfloat16 parameters also the any-precision optimizer with
-    bfloat16 momentum, variance and Kahan buffer, and its per-tensor reference."""
+    """AdamW and Adafactor variants; for 16-bit parameters also the any-precision
+    optimizer with momentum, variance and Kahan buffer in the parameter's dtype, and
+    its per-tensor reference."""
     adamw_bytes = 28 if dtype == torch.float32 else 14  # read p, g, m, v; write p, m, v
     cands = [
         Candidate("pytrainer FusedAdamW", lambda ps: FusedAdamW(ps, lr=1e-3), adamw_bytes),
@@ -139,25 +141,30 @@ def candidates(dtype: torch.dtype) -> list[Candidate]:
         Candidate("torch AdamW for-loop",
                   lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=False), adamw_bytes),
     ]
-    if dtype == torch.float32:
-        # Adafactor's floor: row/column sums of g^2 with p^2 (8 bytes), the sum of
-        # U^2 (4), the update (12): 24 bytes per float32 parameter
-        anchor = "torch Adafactor foreach"
+    # Adafactor's floor: row/column sums of g^2 with p^2 (read p, g), the sum of U^2
+    # (read g), the update (read p, g; write p): six accesses, 24 bytes per float32
+    # parameter, 12 per 16-bit one
+    adafactor_bytes = 6 * torch.empty((), dtype=dtype).element_size()
+    anchor = "torch Adafactor foreach"
+    cands.append(Candidate("pytrainer Adafactor", lambda ps: Adafactor(ps), adafactor_bytes,
+                           anchor))
+    if dtype == torch.float32:  # torch's Adafactor on 16-bit params is slow to time
         cands += [
-            Candidate("pytrainer Adafactor", lambda ps: Adafactor(ps), 24, anchor),
-            Candidate(anchor, lambda ps: torch.optim.Adafactor(ps, lr=1e-2, foreach=True), 24,
-                      anchor),
+            Candidate(anchor, lambda ps: torch.optim.Adafactor(ps, lr=1e-2, foreach=True),
+                      adafactor_bytes, anchor),
             Candidate("torch Adafactor for-loop",
-                      lambda ps: torch.optim.Adafactor(ps, lr=1e-2, foreach=False), 24, anchor),
+                      lambda ps: torch.optim.Adafactor(ps, lr=1e-2, foreach=False),
+                      adafactor_bytes, anchor),
         ]
-    if dtype == torch.bfloat16:
-        bf16 = dict(lr=1e-3, use_kahan_summation=True, momentum_dtype=torch.bfloat16,
-                    variance_dtype=torch.bfloat16, compensation_buffer_dtype=torch.bfloat16)
-        # read p, g, m, v, c; write p, m, v, c: 18 bytes in bfloat16
+    if dtype in (torch.bfloat16, torch.float16):
+        states = dict(lr=1e-3, use_kahan_summation=True, momentum_dtype=dtype,
+                      variance_dtype=dtype, compensation_buffer_dtype=dtype)
+        # read p, g, m, v, c; write p, m, v, c: 18 bytes in 16-bit dtypes
         cands += [
-            Candidate("pytrainer AnyPrecision+Kahan", lambda ps: AnyPrecisionAdamW(ps, **bf16), 18),
+            Candidate("pytrainer AnyPrecision+Kahan",
+                      lambda ps: AnyPrecisionAdamW(ps, **states), 18),
             Candidate("torchdistx-style AnyPrecision", lambda ps: TorchdistxAnyPrecisionAdamW(
-                ps, **bf16), 18),
+                ps, **states), 18),
         ]
     return cands
 
@@ -266,7 +273,9 @@ def many_tensor_ratios(times: dict[str, list[float]],
 
 def summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, cands):
     n_params = sum(math.prod(s) for s in shapes)
-    copy_bw = copy_bytes / statistics.median(copy_times)
+    # the best round: what the memory can deliver (other load only slows a pass down),
+    # so that the fractions of the kernels' median rounds are not flattered by noise
+    copy_bw = copy_bytes / min(copy_times)
     by_label = {c.label: (c, False) for c in cands}
     for c in cands:
         twin = Candidate(f"{c.name} (1 tensor)", c.make, c.bytes_per_param, c.anchor, c.isa)
