@@ -146,9 +146,10 @@ def candidates(dtype: torch.dtype) -> list[Candidate]:
     # parameter, 12 per 16-bit one
     adafactor_bytes = 6 * torch.empty((), dtype=dtype).element_size()
     anchor = "torch Adafactor foreach"
+    # torch's Adafactor on 16-bit params is slow to time: no anchor there ("")
     cands.append(Candidate("pytrainer Adafactor", lambda ps: Adafactor(ps), adafactor_bytes,
-                           anchor))
-    if dtype == torch.float32:  # torch's Adafactor on 16-bit params is slow to time
+                           anchor if dtype == torch.float32 else ""))
+    if dtype == torch.float32:
         cands += [
             Candidate(anchor, lambda ps: torch.optim.Adafactor(ps, lr=1e-2, foreach=True),
                       adafactor_bytes, anchor),
