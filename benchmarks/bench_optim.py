@@ -2,15 +2,26 @@
 
 Every candidate runs in the same process on the same parameter set, in
 interleaved rounds (machines are noisy: a slow minute hits all candidates
-alike); the figures are medians over rounds, and ratios are medians of the
-per-round ratios. A device copy of a large buffer is timed in the same rounds,
-so effective bandwidth can be read as a fraction of what the memory delivers.
+alike); the figures are medians over rounds (the memory reference: its best
+round), and ratios are medians of the per-round ratios. A memory reference is
+timed in the same rounds, so effective bandwidth can be read as a fraction of
+what the memory delivers: on the CPU one pass over four 256 MiB float32 buffers
+that reads all four and writes three
+(``pytrainer.memory_pass_``: an AdamW step's streams, on the kernels' threads),
+on CUDA a device copy of 1 GiB.
+
+pytrainer's CPU kernels run with the instruction set the machine picks, or with
+each one named by ``--isa`` (``all``: every one this CPU can run), in the same
+rounds; ``PYTRAINER_CPU_ISA`` forces one for a whole process.
 
     python benchmarks/bench_optim.py                     # CPU, and CUDA when present
+    python benchmarks/bench_optim.py --devices cpu --isa all
     python benchmarks/bench_optim.py --devices cuda --out bench_out
 
 Writes a table to stdout, ``bench_optim.json`` and ``bench_optim.png`` (when
-matplotlib is installed) into ``--out``.
+matplotlib is installed) into ``--out``. In the JSON rows, ``copy_gb_s`` is the
+memory reference's bandwidth and ``fraction_of_copy_bw`` the effective bandwidth
+as a fraction of it.
 """
 from __future__ import annotations
 
@@ -117,11 +128,50 @@ class Candidate:
     bytes_per_param: int
     #: the candidate this one's speedup is measured against
     anchor: str = "torch AdamW fused"
+    #: the CPU instruction set pytrainer's kernels run with (None: not pytrainer's,
+    #: or the automatic choice)
+    isa: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} [{self.isa}]" if self.isa else self.name
+
+
+class OnIsa:
+    """An optimizer whose steps run with one CPU instruction set's kernels."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, isa: str):
+        self.optimizer, self.isa = optimizer, isa
+
+    def step(self):
+        ops.set_cpu_isa(self.isa)
+        try:
+            self.optimizer.step()
+        finally:
+            ops.set_cpu_isa("")
+
+
+def for_isas(cands: list[Candidate], isas: list[str] | None) -> list[Candidate]:
+    """pytrainer's candidates once per instruction set in ``isas`` (None: once, with
+    the automatic choice); the others once."""
+    if not isas:
+        return cands
+    out = []
+    for cand in cands:
+        if not cand.name.startswith("pytrainer"):
+            out.append(cand)
+            continue
+        for isa in isas:
+            def make(ps, make=cand.make, isa=isa):
+                return OnIsa(make(ps), isa)
+            out.append(Candidate(cand.name, make, cand.bytes_per_param, cand.anchor, isa))
+    return out
 
 
 def candidates(dtype: torch.dtype) -> list[Candidate]:
-    """AdamW variants; for bfloat16 parameters also the any-precision optimizer with
-    bfloat16 momentum, variance and Kahan buffer, and its per-tensor reference."""
+    """AdamW and Adafactor variants; for 16-bit parameters also the any-precision
+    optimizer with momentum, variance and Kahan buffer in the parameter's dtype, and
+    its per-tensor reference."""
     adamw_bytes = 28 if dtype == torch.float32 else 14  # read p, g, m, v; write p, m, v
     cands = [
         Candidate("pytrainer FusedAdamW", lambda ps: FusedAdamW(ps, lr=1e-3), adamw_bytes),
@@ -132,25 +182,31 @@ def candidates(dtype: torch.dtype) -> list[Candidate]:
         Candidate("torch AdamW for-loop",
                   lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=False), adamw_bytes),
     ]
+    # Adafactor's floor: row/column sums of g^2 with p^2 (read p, g), the sum of U^2
+    # (read g), the update (read p, g; write p): six accesses, 24 bytes per float32
+    # parameter, 12 per 16-bit one
+    adafactor_bytes = 6 * torch.empty((), dtype=dtype).element_size()
+    anchor = "torch Adafactor foreach"
+    # torch's Adafactor on 16-bit params is slow to time: no anchor there ("")
+    cands.append(Candidate("pytrainer Adafactor", lambda ps: Adafactor(ps), adafactor_bytes,
+                           anchor if dtype == torch.float32 else ""))
     if dtype == torch.float32:
-        # Adafactor's floor: row/column sums of g^2 with p^2 (8 bytes), the sum of
-        # U^2 (4), the update (12): 24 bytes per float32 parameter
-        anchor = "torch Adafactor foreach"
         cands += [
-            Candidate("pytrainer Adafactor", lambda ps: Adafactor(ps), 24, anchor),
-            Candidate(anchor, lambda ps: torch.optim.Adafactor(ps, lr=1e-2, foreach=True), 24,
-                      anchor),
+            Candidate(anchor, lambda ps: torch.optim.Adafactor(ps, lr=1e-2, foreach=True),
+                      adafactor_bytes, anchor),
             Candidate("torch Adafactor for-loop",
-                      lambda ps: torch.optim.Adafactor(ps, lr=1e-2, foreach=False), 24, anchor),
+                      lambda ps: torch.optim.Adafactor(ps, lr=1e-2, foreach=False),
+                      adafactor_bytes, anchor),
         ]
-    if dtype == torch.bfloat16:
-        bf16 = dict(lr=1e-3, use_kahan_summation=True, momentum_dtype=torch.bfloat16,
-                    variance_dtype=torch.bfloat16, compensation_buffer_dtype=torch.bfloat16)
-        # read p, g, m, v, c; write p, m, v, c: 18 bytes in bfloat16
+    if dtype in (torch.bfloat16, torch.float16):
+        states = dict(lr=1e-3, use_kahan_summation=True, momentum_dtype=dtype,
+                      variance_dtype=dtype, compensation_buffer_dtype=dtype)
+        # read p, g, m, v, c; write p, m, v, c: 18 bytes in 16-bit dtypes
         cands += [
-            Candidate("pytrainer AnyPrecision+Kahan", lambda ps: AnyPrecisionAdamW(ps, **bf16), 18),
+            Candidate("pytrainer AnyPrecision+Kahan",
+                      lambda ps: AnyPrecisionAdamW(ps, **states), 18),
             Candidate("torchdistx-style AnyPrecision", lambda ps: TorchdistxAnyPrecisionAdamW(
-                ps, **bf16), 18),
+                ps, **states), 18),
         ]
     return cands
 
@@ -180,12 +236,25 @@ class Timer:
         return (time.perf_counter() - t0) / n
 
 
-def copy_bandwidth_fn(device: str):
-    """A device copy of 512 MiB (1 GiB on CUDA); returns (fn, bytes read + written)."""
-    n = (1 << 28) if device == "cuda" else (1 << 27)
-    src = torch.randn(n, device=device)
-    dst = torch.empty_like(src)
-    return (lambda: dst.copy_(src)), 2 * src.numel() * src.element_size()
+MEMORY_REFERENCE = {
+    "cpu": "pytrainer.memory_pass_: one pass over four float32 buffers of 256 MiB that reads "
+           "all four and writes three, on the kernels' threads",
+    "cuda": "a device copy of 1 GiB",
+}
+
+
+def memory_reference_fn(device: str, quick: bool = False):
+    """The memory reference (MEMORY_REFERENCE); returns (fn, bytes read + written).
+    On the CPU a copy reads less than the memory delivers (the reads of its
+    destination before it is written are not counted), and so does one stream."""
+    if device == "cuda":
+        src = torch.randn(1 << 28, device=device)
+        dst = torch.empty_like(src)
+        return (lambda: dst.copy_(src)), 2 * src.numel() * src.element_size()
+    n = 1 << (20 if quick else 26)
+    outputs = [torch.randn(n) for _ in range(3)]
+    source = torch.randn(n) * 1e-6
+    return (lambda: torch.ops.pytrainer.memory_pass_(outputs, source)), (2 * 3 + 1) * 4 * n
 
 
 def make_params(shapes, dtype, device, seed=0):
@@ -201,8 +270,8 @@ def make_params(shapes, dtype, device, seed=0):
 
 
 def is_slow(cand: Candidate) -> bool:
-    """A per-tensor anchor (a Python loop over the tensors)."""
-    return "for-loop" in cand.name or "torchdistx" in cand.name
+    """A per-tensor anchor (a Python loop over the tensors), or the portable build."""
+    return "for-loop" in cand.name or "torchdistx" in cand.name or cand.isa == "DEFAULT"
 
 
 def bench_set(device, dtype, shapes, candidates, rounds, steps_per_round, timer, copy,
@@ -216,53 +285,59 @@ def bench_set(device, dtype, shapes, candidates, rounds, steps_per_round, timer,
         runs.append((cand, cand.make(params)))
     for cand in twins:
         params = make_params(one_tensor_twin(shapes), dtype, device)
-        twin = Candidate(f"{cand.name} (1 tensor)", cand.make, cand.bytes_per_param, cand.anchor)
+        twin = Candidate(f"{cand.name} (1 tensor)", cand.make, cand.bytes_per_param, cand.anchor,
+                         cand.isa)
         runs.append((twin, twin.make(params)))
     for _, opt in runs:
         for _ in range(2):  # warm-up: state allocation, table building, caches
             opt.step()
-    times = {c.name: [] for c, _ in runs}
+    times = {c.label: [] for c, _ in runs}
     copy_times = []
     for _ in range(rounds):
         copy_times.append(timer(copy_fn, 3))
         for cand, opt in runs:
             n = max(1, steps_per_round // 2) if is_slow(cand) else steps_per_round
-            times[cand.name].append(timer(opt.step, n))
+            times[cand.label].append(timer(opt.step, n))
     del runs
     if device == "cuda":
         torch.cuda.empty_cache()
     return times, copy_times, copy_bytes
 
 
-def many_tensor_ratios(times: dict[str, list[float]]) -> dict[str, float]:
+def many_tensor_ratios(times: dict[str, list[float]],
+                       cands: list[Candidate]) -> dict[str, float]:
     """Median over rounds of (many tensors' time / one tensor's time), per candidate."""
     out = {}
-    for name, ts in times.items():
-        twin = times.get(f"{name} (1 tensor)")
-        if twin:
-            out[name] = statistics.median(a / b for a, b in zip(ts, twin))
+    for cand in cands:
+        ts, twin = times.get(cand.label), times.get(f"{cand.name} (1 tensor)"
+                                                     + (f" [{cand.isa}]" if cand.isa else ""))
+        if ts and twin:
+            out[cand.label] = statistics.median(a / b for a, b in zip(ts, twin))
     return out
 
 
 def summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, cands):
     n_params = sum(math.prod(s) for s in shapes)
-    copy_bw = copy_bytes / statistics.median(copy_times)
-    by_name = {c.name: c for c in cands}
-    by_name.update({f"{c.name} (1 tensor)": c for c in cands})
-    ratios_many = many_tensor_ratios(times)
+    # the best round: what the memory can deliver (other load only slows a pass down),
+    # so that the fractions of the kernels' median rounds are not flattered by noise
+    copy_bw = copy_bytes / min(copy_times)
+    by_label = {c.label: (c, False) for c in cands}
+    for c in cands:
+        twin = Candidate(f"{c.name} (1 tensor)", c.make, c.bytes_per_param, c.anchor, c.isa)
+        by_label[twin.label] = (twin, True)
+    ratios_many = many_tensor_ratios(times, cands)
     rows = []
-    for name, ts in times.items():
+    for label, ts in times.items():
+        cand, one_tensor = by_label[label]
         med = statistics.median(ts)
-        anchor = by_name[name].anchor
-        if name.endswith("(1 tensor)"):
-            anchor = f"{anchor} (1 tensor)"
+        anchor = f"{cand.anchor} (1 tensor)" if one_tensor else cand.anchor
         ratios = [r / t for r, t in zip(times[anchor], ts)] if anchor in times else []
-        eff = n_params * by_name[name].bytes_per_param / med
+        eff = n_params * cand.bytes_per_param / med
         rows.append(dict(
-            set=set_name, dtype=str(dtype).replace("torch.", ""), optimizer=name,
-            tensors=1 if name.endswith("(1 tensor)") else len(shapes),
-            time_over_one_tensor=ratios_many.get(name),
-            bytes_per_param=by_name[name].bytes_per_param, anchor=anchor,
+            set=set_name, dtype=str(dtype).replace("torch.", ""), optimizer=cand.name,
+            isa=cand.isa, tensors=1 if one_tensor else len(shapes),
+            time_over_one_tensor=ratios_many.get(label),
+            bytes_per_param=cand.bytes_per_param, anchor=anchor,
             params=n_params, ms_per_step=med * 1e3,
             ms_min=min(ts) * 1e3, params_per_s=n_params / med, effective_gb_s=eff / 1e9,
             fraction_of_copy_bw=eff / copy_bw, copy_gb_s=copy_bw / 1e9,
@@ -272,13 +347,14 @@ def summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, cands):
 
 def print_table(rows, title):
     print(f"\n{title}")
-    head = (f"{'set':<12}{'dtype':<9}{'optimizer':<31}{'ms/step':>9}{'Mparam/s':>10}{'GB/s':>8}"
-            f"{'of copy':>9}{'vs anchor':>11}  anchor")
+    head = (f"{'set':<12}{'dtype':<9}{'optimizer':<36}{'ISA':<12}{'ms/step':>9}{'Mparam/s':>10}"
+            f"{'GB/s':>8}{'of mem':>9}{'vs anchor':>11}  anchor")
     print(head)
     print("-" * len(head))
     for r in rows:
         ratio = r["speedup_vs_anchor"]
-        print(f"{r['set']:<12}{r['dtype']:<9}{r['optimizer']:<31}{r['ms_per_step']:>9.2f}"
+        print(f"{r['set']:<12}{r['dtype']:<9}{r['optimizer']:<36}{r['isa'] or '':<12}"
+              f"{r['ms_per_step']:>9.2f}"
               f"{r['params_per_s'] / 1e6:>10.0f}{r['effective_gb_s']:>8.1f}"
               f"{r['fraction_of_copy_bw']:>8.0%} {('%.2fx' % ratio) if ratio else '':>10}  "
               f"{'' if r['anchor'] == r['optimizer'] else r['anchor']}")
@@ -296,7 +372,8 @@ def plot(rows, path):
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4), squeeze=False)
     for ax, (dev, set_name, dtype) in zip(axes[0], groups):
         sel = [r for r in rows if (r["device"], r["set"], r["dtype"]) == (dev, set_name, dtype)]
-        ax.barh([r["optimizer"] for r in sel], [r["ms_per_step"] for r in sel],
+        ax.barh([r["optimizer"] + (f" [{r['isa']}]" if r["isa"] else "") for r in sel],
+                [r["ms_per_step"] for r in sel],
                 color=["tab:green" if r["optimizer"].startswith("pytrainer") else "tab:gray"
                        for r in sel])
         ax.set_title(f"{dev} {set_name} {dtype}", fontsize=9)
@@ -307,10 +384,11 @@ def plot(rows, path):
     print(f"chart: {path}")
 
 
-def environment(device):
+def environment(device, isas):
     env = dict(python=platform.python_version(), torch=torch.__version__,
                machine=platform.machine(), cpu_threads=torch.get_num_threads(),
-               cpu_isa=ops.cpu_isa() if ops.available() else None,
+               cpu_isa=ops.cpu_isa() if ops.available() else None, cpu_isas_measured=isas,
+               memory_reference=MEMORY_REFERENCE[device],
                date=time.strftime("%Y-%m-%d %H:%M:%S"))
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
@@ -328,26 +406,38 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="steps per round and candidate")
     parser.add_argument("--out", default="bench_out")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
+    parser.add_argument("--isa", nargs="+", default=None,
+                        help="CPU instruction sets for pytrainer's kernels, each in the same "
+                             "rounds: names from pytrainer.ops.cpu_isas(), or all "
+                             "(default: the one the machine picks)")
     args = parser.parse_args(argv)
     ops.require()
+    isas = None
+    if args.isa:
+        isas = ops.cpu_isas() if args.isa == ["all"] else args.isa
+        unknown = [isa for isa in isas if isa not in ops.cpu_isas()]
+        if unknown:
+            parser.error(f"--isa {' '.join(unknown)}: not among this CPU's instruction sets "
+                         f"({', '.join(ops.cpu_isas())}) or all")
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     all_rows = []
     for device in devices:
         timer = Timer(device)
-        copy = copy_bandwidth_fn(device)
+        copy = memory_reference_fn(device, args.quick)
         for set_name, shapes in param_sets(device, args.quick).items():
             if args.sets and set_name not in args.sets:
                 continue
             for dtype_name in args.dtypes:
                 dtype = getattr(torch, dtype_name)
-                cands = candidates(dtype)
+                cands = for_isas(candidates(dtype), isas if device == "cpu" else None)
                 if set_name in MODEL_SETS:
                     cands = [c for c in cands if not is_slow(c)]
                 # the many-tensor set: pytrainer and torch fused also on one tensor, same rounds
-                twins = cands[:2] if len(shapes) > 1000 or args.quick and set_name not in (
-                    "llama", *MODEL_SETS) else ()
+                many = len(shapes) > 1000 or args.quick and set_name not in ("llama", *MODEL_SETS)
+                twins = [c for c in cands if c.name in ("pytrainer FusedAdamW", "torch AdamW fused")
+                         and c.isa != "DEFAULT"] if many else ()
                 times, copy_times, copy_bytes = bench_set(
                     device, dtype, shapes, cands, args.rounds, args.steps, timer, copy, twins)
                 rows = summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, cands)
@@ -355,15 +445,16 @@ def main(argv=None):
                     r["device"] = device
                 print_table(rows, f"{device}: optimizer step, {set_name} "
                                   f"({len(shapes)} tensors, {rows[0]['params'] / 1e6:.1f} M params), "
-                                  f"{dtype_name}; copy bandwidth {rows[0]['copy_gb_s']:.1f} GB/s")
+                                  f"{dtype_name}; memory reference {rows[0]['copy_gb_s']:.1f} GB/s")
                 all_rows += rows
-    summary = [f"{r['device']} {r['dtype']} {r['optimizer']}: {r['tensors']} tensors take "
+    summary = [f"{r['device']} {r['dtype']} {r['optimizer']}{' ' + r['isa'] if r['isa'] else ''}: "
+               f"{r['tensors']} tensors take "
                f"{r['time_over_one_tensor']:.2f}x the time of one tensor of the same size "
                f"(median of per-round ratios)"
                for r in all_rows if r.get("time_over_one_tensor")]
     for line in summary:
         print(line)
-    result = dict(environment=environment(devices[-1]), rows=all_rows, summary=summary)
+    result = dict(environment=environment(devices[-1], isas), rows=all_rows, summary=summary)
     (out / "bench_optim.json").write_text(json.dumps(result, indent=2))
     print(f"json: {out / 'bench_optim.json'}")
     plot(all_rows, out / "bench_optim.png")

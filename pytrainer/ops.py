@@ -10,7 +10,7 @@ import torch
 from pytrainer import _build_info
 
 __all__ = ["KernelsUnavailableError", "available", "device_types", "has_kernels", "cpu_isa",
-           "cpu_isas", "require", "BUILD_HINT"]
+           "cpu_isas", "set_cpu_isa", "require", "BUILD_HINT"]
 
 BUILD_HINT = (
     "build it from the pytrainer source folder, after installing torch, with "
@@ -70,7 +70,9 @@ def has_kernels(device: str | torch.device, op: str = "adamw_") -> bool:
 
 def cpu_isa() -> str:
     """The CPU instruction set the kernels use: ``AVX512_BF16``, ``AVX512``, ``AVX2``
-    or ``DEFAULT``."""
+    or ``DEFAULT``. The best this CPU and torch allow, unless the environment variable
+    ``PYTRAINER_CPU_ISA`` (read once, at the first kernel call) or :func:`set_cpu_isa`
+    names another."""
     return require().cpu_isa()
 
 
@@ -86,6 +88,13 @@ def state_list_names(op: str) -> tuple[str, ...]:
     schema = getattr(torch.ops.pytrainer, op).default._schema
     positional = [argument.name for argument in schema.arguments if not argument.kwarg_only]
     return tuple(positional[2:-1])
+
+
+def set_cpu_isa(name: str) -> str:
+    """Makes the CPU kernels of this process use one of :func:`cpu_isas` (to measure
+    or test another instruction set on one machine); ``""`` restores the automatic
+    choice. Returns the instruction set now in use."""
+    return require().set_cpu_isa(name)
 
 
 def check_device(device: torch.device, op: str) -> None:

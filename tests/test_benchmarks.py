@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pytrainer import ops
 
@@ -45,6 +46,63 @@ def test_bench_optim_quick(tmp_path):
     assert "pytrainer FusedAdamW" in out
     pytest.importorskip("matplotlib")
     assert (tmp_path / "bench_optim.png").stat().st_size > 0
+
+
+def test_bench_optim_measures_every_isa_in_the_same_rounds(tmp_path):
+    if not ops.available():
+        pytest.skip("compiled kernels not built")
+    run_benchmark("bench_optim.py", "--quick", "--devices", "cpu", "--isa", "all", "--rounds",
+                  "1", "--steps", "1", "--sets", "llama", "--dtypes", "bfloat16",
+                  "--out", str(tmp_path))
+    data = json.loads((tmp_path / "bench_optim.json").read_text())
+    assert data["environment"]["cpu_isas_measured"] == ops.cpu_isas()
+    rows = data["rows"]
+    for name in ("pytrainer FusedAdamW", "pytrainer AnyPrecision+Kahan"):
+        assert sorted(r["isa"] for r in rows if r["optimizer"] == name) == sorted(ops.cpu_isas())
+    assert [r["isa"] for r in rows if r["optimizer"] == "torch AdamW fused"] == [None]
+    for row in rows:
+        assert row["ms_per_step"] > 0 and 0 < row["fraction_of_copy_bw"], row
+    assert all(r["copy_gb_s"] == rows[0]["copy_gb_s"] > 0 for r in rows)
+
+
+def test_bench_optim_refuses_an_isa_this_cpu_lacks(tmp_path):
+    if not ops.available():
+        pytest.skip("compiled kernels not built")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_optim.py"), "--quick",
+                             "--devices", "cpu", "--isa", "SSE9", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode != 0
+    assert f"--isa SSE9: not among this CPU's instruction sets ({', '.join(ops.cpu_isas())})" \
+        in result.stderr
+
+
+def test_memory_reference_reads_and_writes_every_buffer():
+    """The benchmarks' memory reference does the pass it is counted as: every output
+    gets the input added, in one call over the kernels' threads."""
+    if not ops.available():
+        pytest.skip("compiled kernels not built")
+    n = 3 * 16384 + 5  # several chunks of the kernels' threads, and a rest
+    for count in (1, 3, 4):
+        outputs = [torch.randn(n) for _ in range(count)]
+        before = [o.clone() for o in outputs]
+        source = torch.randn(n)
+        torch.ops.pytrainer.memory_pass_(outputs, source)
+        for out, old in zip(outputs, before):
+            assert torch.equal(out, old + source)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda: torch.randn(10, dtype=torch.float64), "Double"),
+    (lambda: torch.randn(11), "of 11"),
+    (lambda: torch.randn(20)[::2], "non-contiguous"),
+])
+def test_memory_reference_names_what_is_wrong(bad, message):
+    if not ops.available():
+        pytest.skip("compiled kernels not built")
+    with pytest.raises(RuntimeError, match=f"contiguous float32 CPU tensors of 10 elements.*{message}"):
+        torch.ops.pytrainer.memory_pass_([torch.randn(10), bad()], torch.randn(10))
+    with pytest.raises(RuntimeError, match="takes 1 to 4 outputs, got 5"):
+        torch.ops.pytrainer.memory_pass_([torch.randn(10) for _ in range(5)], torch.randn(10))
 
 
 def test_bench_accumulation_tiny(tmp_path):

@@ -1,7 +1,9 @@
 """The CPU instruction sets agree on the values they store, also where the
 16-bit conversions have edge cases: subnormal results (AVX512-BF16's conversion
-instruction flushes them to zero), NaN, infinities and overflow. The
-equivalence tests against the references use ordinary values.
+instruction flushes them to zero), NaN (with any payload: the integer roundings
+must not carry a NaN's mantissa into its exponent or sign), infinities,
+overflow and values exactly halfway between two 16-bit neighbours (ties round
+to even). The equivalence tests against the references use ordinary values.
 
 Where the arithmetic is the same in every build, every build must store the
 same bits as the portable one: AdamW with beta1 = 0 (its lerp is then a copy;
@@ -10,6 +12,13 @@ and the portable one does not, as torch's scalar lerp) and AnyPrecisionAdamW.
 Adafactor's sums add in an order that depends on the vector width, so there
 the two AVX512 builds, which differ in the conversions alone, must agree."""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,15 +32,31 @@ N = 4099  # not a multiple of any vector width: the tails run too
 BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 
 
+# NaN payloads, as float32 bits: quiet and signalling, both signs, all mantissa bits set
+NAN_BITS = [0x7FC00000, 0xFFC00000, 0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0xFF800001, 0x7FFF8000]
+
+
+def from_bits(bits: torch.Tensor) -> torch.Tensor:
+    return bits.to(torch.int64).to(torch.int32).view(torch.float32)
+
+
 def edge_values(seed: int, finite: bool) -> torch.Tensor:
     """float32 values over the whole range: normal, subnormal in float32 and in
-    bfloat16, and unless finite, values that overflow 16-bit types, NaN and inf."""
+    bfloat16, ties of bfloat16 and float16, and unless finite, values that overflow
+    16-bit types, NaN of several payloads and inf."""
     gen = torch.Generator().manual_seed(seed)
     scales = torch.tensor([1.0, 1e-3, 1e-36, 1e-38, 1e-39, 3e-41, 1e-44]
                           + ([] if finite else [1e30, 1e38]))
     x = torch.randn(N, generator=gen) * scales[torch.randint(0, len(scales), (N,), generator=gen)]
+    # halfway between two bfloat16 (low 16 bits 0x8000) and two float16 (low 13 bits 0x1000)
+    bits = x.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    ties = torch.randint(0, N, (N // 20,), generator=gen)
+    x[ties] = from_bits((bits[ties] & 0xFFFF0000) | 0x8000)
+    ties = torch.randint(0, N, (N // 20,), generator=gen)
+    x[ties] = from_bits((bits[ties] & 0xFFFFE000) | 0x1000)
     if not finite:
-        x[torch.randint(0, N, (N // 40,), generator=gen)] = float("nan")
+        nans = torch.tensor(NAN_BITS)[torch.randint(0, len(NAN_BITS), (N // 40,), generator=gen)]
+        x[torch.randint(0, N, (N // 40,), generator=gen)] = from_bits(nans)
         x[torch.randint(0, N, (N // 40,), generator=gen)] = float("inf")
         x[torch.randint(0, N, (N // 40,), generator=gen)] = float("-inf")
     return x
@@ -77,7 +102,17 @@ def assert_most_params_moved(results: dict[str, list[torch.Tensor]], finite: boo
 
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
-BITWISE = [info for info in KERNEL_OPTIMS if info.same_bits_on_every_isa is not None]
+BITWISE_BASE = [info for info in KERNEL_OPTIMS if info.same_bits_on_every_isa is not None]
+_ANYPRECISION = next(info for info in BITWISE_BASE if info.name == "anyprecision-kahan")
+BITWISE = BITWISE_BASE + [
+    # torchdistx's default states (float32 momentum, nearest rounding): a loop of its own
+    replace(_ANYPRECISION, name="anyprecision-default-states", kwargs=dict(lr=1e-2,
+                                                                           weight_decay=0.1)),
+    # beta1 = 0: the new momentum is the grad itself, rounded to bfloat16 as stored,
+    # so the edge values (ties, NaN payloads) of float32 grads reach the rounding as they are
+    replace(_ANYPRECISION, name="anyprecision-grads-to-bfloat16", kwargs=dict(
+        lr=1e-2, betas=(0.0, 0.5), momentum_dtype=torch.bfloat16, variance_dtype=torch.float16)),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -106,3 +141,50 @@ def test_avx512_bf16_stores_the_bits_of_avx512(dtype, info, shape):
                for isa in ("AVX512_BF16", "AVX512")}
     assert_most_params_moved(results, info.finite_only)
     assert_same_values(results, "AVX512")
+
+
+# ---------------------------------------------------------------- PYTRAINER_CPU_ISA
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def in_process_with(isa_setting: str, code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTRAINER_CPU_ISA": isa_setting}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env=env)
+
+
+@pytest.mark.parametrize("isa", [isa for isa in ops.cpu_isas() if isa != ops.cpu_isa()]
+                         if ops.available() else [])
+def test_environment_variable_forces_an_instruction_set_for_the_process(isa):
+    """PYTRAINER_CPU_ISA (any case) picks the kernels of a whole process; set_cpu_isa
+    still overrides it, and "" goes back to it, not to the automatic choice."""
+    out = in_process_with(isa.lower(), f"""
+        import torch
+        from pytrainer import ops
+        from pytrainer.optim import FusedAdamW
+        assert ops.cpu_isa() == "{isa}", ops.cpu_isa()
+        p = torch.nn.Parameter(torch.randn(1000))
+        p.grad = torch.randn(1000)
+        FusedAdamW([p]).step()
+        assert ops.set_cpu_isa("{ops.cpu_isa()}") == "{ops.cpu_isa()}"
+        assert ops.set_cpu_isa("") == "{isa}"
+        print("ok")
+        """)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_environment_variable_naming_no_usable_instruction_set_is_a_clear_error():
+    if not ops.available():
+        pytest.skip("compiled kernels not built")
+    missing = [isa for isa in ("AVX512_BF16", "AVX512", "AVX2") if isa not in ops.cpu_isas()]
+    for setting in ["SSE9"] + missing[:1]:  # unknown, and known but not on this CPU
+        out = in_process_with(setting, """
+            import torch
+            from pytrainer.optim import FusedAdamW
+            p = torch.nn.Parameter(torch.randn(10))
+            p.grad = torch.randn(10)
+            FusedAdamW([p]).step()
+            """)
+        assert out.returncode != 0
+        assert (f"PYTRAINER_CPU_ISA={setting} is unknown or not supported by this CPU; "
+                f"valid here: {', '.join(ops.cpu_isas())}") in out.stderr, out.stderr[-2000:]

@@ -6,52 +6,99 @@
 template <class T>
 using MathT = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-template <class T, bool AMSGRAD>
-void adamw_range(const void* task_ptr, int64_t begin, int64_t end) {
-  // Copies, not references: the stores below go through pointers that may alias
-  // anything, which would make the compiler reload every field per vector.
-  const AdamWTask t = *static_cast<const AdamWTask*>(task_ptr);
-  using M = MathT<T>;
-  const AdamWCoeffs<M> c = *static_cast<const AdamWCoeffs<M>*>(t.coeffs);
-  T* p = static_cast<T*>(t.param);
-  T* g = static_cast<T*>(t.grad);
-  T* m = static_cast<T*>(t.exp_avg);
-  T* v = static_cast<T*>(t.exp_avg_sq);
-  T* vmax = static_cast<T*>(t.max_exp_avg_sq);
-  int64_t i = begin;
-  if constexpr (std::is_same_v<M, float> && VecF::width > 1) {
-    constexpr int W = VecF::width;
-    const VecF grad_mult(c.grad_mult);
-    for (; i + W <= end; i += W) {
-      VecF pv = vload(p + i);
-      VecF gv = vload(g + i) * grad_mult;
-      VecF mv = vload(m + i);
-      VecF vv = vload(v + i);
-      VecF xv;
-      if constexpr (AMSGRAD) xv = vload(vmax + i);
-      if (t.write_back_grad) vstore(g + i, gv);
-      adamw_update<AMSGRAD>(pv, gv, mv, vv, xv, c);
-      vstore(p + i, pv);
-      vstore(m + i, mv);
-      vstore(v + i, vv);
-      if constexpr (AMSGRAD) vstore(vmax + i, xv);
-    }
+template <class T>
+struct AdamWTensors {
+  T *p, *g, *m, *v, *vmax;
+};
+
+// Loads elements [i, i + io.n) with `io`, writes the unscaled grad back when
+// asked and computes the new param and states.
+template <bool AMSGRAD, class IO, class T, class M, class V = typename IO::V>
+inline void adamw_compute(const IO& io, const AdamWTask& t, const AdamWCoeffs<M>& c,
+                          const AdamWTensors<T>& x, int64_t i, V& pv, V& mv, V& vv, V& xv) {
+  pv = io.load(x.p + i);
+  V gv = io.load(x.g + i) * V(c.grad_mult);
+  mv = io.load(x.m + i);
+  vv = io.load(x.v + i);
+  xv = AMSGRAD ? io.load(x.vmax + i) : V(0);
+  if (t.write_back_grad) io.store(x.g + i, gv);
+  adamw_update<AMSGRAD>(pv, gv, mv, vv, xv, c);
+}
+
+template <bool AMSGRAD, class IO, class T, class M>
+inline void adamw_elements(const IO& io, const AdamWTask& t, const AdamWCoeffs<M>& c,
+                           const AdamWTensors<T>& x, int64_t i) {
+  typename IO::V pv, mv, vv, xv;
+  adamw_compute<AMSGRAD>(io, t, c, x, i, pv, mv, vv, xv);
+  io.store(x.p + i, pv);
+  io.store(x.m + i, mv);
+  io.store(x.v + i, vv);
+  if constexpr (AMSGRAD) io.store(x.vmax + i, xv);
+}
+
+// kBlock elements in two passes (vector_io.h): the math, then the stores.
+template <bool AMSGRAD, class L, class T>
+inline void adamw_block(const PairIO<L>& io, const AdamWTask& t, const AdamWCoeffs<float>& c,
+                        const AdamWTensors<T>& x, int64_t i) {
+  Staged p_new, m_new, v_new, x_new;
+  for (int k = 0; k < kBlock; k += io.n) {
+    VecF2 pv, mv, vv, xv;
+    adamw_compute<AMSGRAD>(io, t, c, x, i + k, pv, mv, vv, xv);
+    p_new.put(k, pv);
+    m_new.put(k, mv);
+    v_new.put(k, vv);
+    if constexpr (AMSGRAD) x_new.put(k, xv);
   }
-  for (; i < end; ++i) {
-    M pv = sload(p + i);
-    M gv = sload(g + i) * c.grad_mult;
-    M mv = sload(m + i);
-    M vv = sload(v + i);
-    M xv = AMSGRAD ? sload(vmax + i) : M(0);
-    if (t.write_back_grad) sstore(g + i, gv);
-    adamw_update<AMSGRAD>(pv, gv, mv, vv, xv, c);
-    sstore(p + i, pv);
-    sstore(m + i, mv);
-    sstore(v + i, vv);
-    if constexpr (AMSGRAD) sstore(vmax + i, xv);
+  for (int k = 0; k < kBlock; k += io.n) {
+    io.store(x.p + i + k, p_new.get(k));
+    io.store(x.m + i + k, m_new.get(k));
+    io.store(x.v + i + k, v_new.get(k));
+    if constexpr (AMSGRAD) io.store(x.vmax + i + k, x_new.get(k));
   }
 }
 
+// USUAL: the settings of almost every run (torch's lerp for beta1 > 0.5, not
+// maximizing, no grads to write back) as constants, which the compiler folds:
+// the loop has no branches that cut it apart and spills fewer registers (AVX2
+// bfloat16 1.06x faster in cache).
+template <class T, bool AMSGRAD, bool USUAL>
+PT_FLATTEN void adamw_loop(AdamWTask t, AdamWCoeffs<MathT<T>> c, int64_t begin, int64_t end) {
+  if constexpr (USUAL) {
+    c.lerp_small = true;
+    c.maximize = false;
+    t.write_back_grad = false;
+  }
+  const AdamWTensors<T> x{static_cast<T*>(t.param), static_cast<T*>(t.grad),
+                          static_cast<T*>(t.exp_avg), static_cast<T*>(t.exp_avg_sq),
+                          static_cast<T*>(t.max_exp_avg_sq)};
+  int64_t i = begin;
+  if constexpr (std::is_same_v<MathT<T>, float> && VecF::width > 1) {
+    using L = PairLayout<T>;
+    const PairIO<L> pairs;
+    // float16's hardware conversions are short: in two passes it is slower
+    if constexpr (kTwoPasses && std::is_same_v<T, c10::BFloat16>) {
+      for (; i + kBlock <= end; i += kBlock) adamw_block<AMSGRAD>(pairs, t, c, x, i);
+    }
+    for (; i + pairs.n <= end; i += pairs.n) adamw_elements<AMSGRAD>(pairs, t, c, x, i);
+    const VecIO vec;
+    for (; i + vec.n <= end; i += vec.n) adamw_elements<AMSGRAD>(vec, t, c, x, i);
+  }
+  const ScalarIO<MathT<T>> one;
+  for (; i < end; ++i) adamw_elements<AMSGRAD>(one, t, c, x, i);
+}
+
+template <class T, bool AMSGRAD>
+void adamw_range(const void* task_ptr, int64_t begin, int64_t end) {
+  // Copies, not references: the stores go through pointers that may alias
+  // anything, which would make the compiler reload every field per vector.
+  const AdamWTask t = *static_cast<const AdamWTask*>(task_ptr);
+  const AdamWCoeffs<MathT<T>> c = *static_cast<const AdamWCoeffs<MathT<T>>*>(t.coeffs);
+  if (c.lerp_small && !c.maximize && !t.write_back_grad) {
+    adamw_loop<T, AMSGRAD, true>(t, c, begin, end);
+  } else {
+    adamw_loop<T, AMSGRAD, false>(t, c, begin, end);
+  }
+}
 
 inline void fill_adamw_table(IsaKernels& k) {
   k.adamw[kF32][0] = &adamw_range<float, false>;

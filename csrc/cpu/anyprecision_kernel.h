@@ -3,79 +3,178 @@
 
 #include "common/anyprecision_math.h"
 
-// Rounds the new momentum and variance to their dtypes (for the update to read
-// them as stored, as torchdistx does), storing them as it goes.
-struct StoringStateRounding {
-  void* m_base;
-  void* v_base;
-  Dt m_dt, v_dt;
-  int64_t i;
-  VecF m(VecF x) const { return vstore_round_any(m_base, m_dt, i, x); }
-  VecF v(VecF x) const { return vstore_round_any(v_base, v_dt, i, x); }
+// A state tensor of a dtype known at compile time: loads and rounded stores
+// without a dtype test per vector.
+template <class S>
+struct StateOf {
+  using type = S;
+  S* base;
+  template <class IO>
+  typename IO::V load(const IO& io, int64_t i) const { return io.load(base + i); }
+  // Stores x rounded to the dtype; returns the stored value.
+  template <class IO>
+  typename IO::V store(const IO& io, int64_t i, typename IO::V x) const {
+    return io.store_round(base + i, x);
+  }
 };
-struct ScalarStateRounding {
-  Dt m_dt, v_dt;
-  float m(float x) const { return sround(x, m_dt); }
-  float v(float x) const { return sround(x, v_dt); }
+// A state tensor whose dtype is known only at run time (uncommon combinations).
+struct StateAny {
+  using type = void;
+  void* base;
+  Dt dt;
+  template <class IO>
+  typename IO::V load(const IO& io, int64_t i) const { return io.load_any(base, dt, i); }
+  template <class IO>
+  typename IO::V store(const IO& io, int64_t i, typename IO::V x) const {
+    return io.store_round_any(base, dt, i, x);
+  }
 };
 
-template <class T, int ROUNDING>
-void anyprecision_range(const void* task_ptr, int64_t begin, int64_t end) {
-  // Copies, not references: the stores below go through pointers that may alias
-  // anything, which would make the compiler reload every field per vector.
-  const AnyPrecisionTask t = *static_cast<const AnyPrecisionTask*>(task_ptr);
-  const AnyPrecisionCoeffs c = *static_cast<const AnyPrecisionCoeffs*>(t.coeffs);
+// Rounds the new momentum and variance to their dtypes by storing them (the
+// update reads them as stored, as torchdistx does).
+template <class IO, class MS, class VS>
+struct StoringRounding {
+  const IO& io;
+  const MS& m_state;
+  const VS& v_state;
+  int64_t i;
+  typename IO::V m(typename IO::V x) const { return m_state.store(io, i, x); }
+  typename IO::V v(typename IO::V x) const { return v_state.store(io, i, x); }
+};
+
+template <class T, class MS, class VS, class CS>
+struct AnyPrecisionTensors {
+  T *p, *g;
+  MS m;
+  VS v;
+  CS comp;
+};
+
+// Loads elements [i, i + io.n) with `io`, writes the unscaled grad back when
+// asked, decays the param and stores the new momentum and variance; returns the
+// update u for the param pv.
+template <class IO, class X, class V = typename IO::V>
+inline V anyprecision_compute(const IO& io, const AnyPrecisionTask& t,
+                              const AnyPrecisionCoeffs& c, const X& x, int64_t i, V& pv) {
+  pv = io.load(x.p + i);
+  V gv = io.load(x.g + i) * V(c.grad_mult);
+  V mv = x.m.load(io, i);
+  V vv = x.v.load(io, i);
+  if (t.write_back_grad) io.store(x.g + i, gv);
+  return anyprecision_update(pv, gv, mv, vv, c,
+                             StoringRounding<IO, decltype(x.m), decltype(x.v)>{io, x.m, x.v, i});
+}
+
+// Stores the param pv + u, rounded as ROUNDING says.
+template <int ROUNDING, class IO, class X, class V = typename IO::V>
+inline void anyprecision_apply(const IO& io, const AnyPrecisionTask& t, const X& x, int64_t i,
+                               V pv, V u) {
+  using T = std::remove_pointer_t<decltype(x.p)>;
   constexpr Dt param_dt = std::is_same_v<T, float> ? kF32
                           : std::is_same_v<T, c10::BFloat16> ? kBF16 : kF16;
-  T* p = static_cast<T*>(t.param);
-  T* g = static_cast<T*>(t.grad);
-  void* m = t.exp_avg;
-  void* v = t.exp_avg_sq;
-  void* comp = t.compensation;
+  if constexpr (ROUNDING == kRoundKahan) {
+    const V cv = x.comp.load(io, i) + u;
+    const V rounded = io.store_round(x.p + i, pv + cv);
+    x.comp.store(io, i, cv + (pv - rounded));
+  } else if constexpr (ROUNDING == kRoundStochastic) {
+    io.store(x.p + i, io.round_stochastic(pv + u, param_dt, t.rounding_key, i));
+  } else {
+    io.store(x.p + i, pv + u);
+  }
+}
+
+template <int ROUNDING, class IO, class X>
+inline void anyprecision_elements(const IO& io, const AnyPrecisionTask& t,
+                                  const AnyPrecisionCoeffs& c, const X& x, int64_t i) {
+  typename IO::V pv;
+  const typename IO::V u = anyprecision_compute(io, t, c, x, i, pv);
+  anyprecision_apply<ROUNDING>(io, t, x, i, pv, u);
+}
+
+// kBlock elements in two passes (vector_io.h): the moments and the update,
+// then the param (and with Kahan the compensation).
+template <int ROUNDING, class L, class X>
+inline void anyprecision_block(const PairIO<L>& io, const AnyPrecisionTask& t,
+                               const AnyPrecisionCoeffs& c, const X& x, int64_t i) {
+  Staged p_decayed, update;
+  for (int k = 0; k < kBlock; k += io.n) {
+    VecF2 pv;
+    update.put(k, anyprecision_compute(io, t, c, x, i + k, pv));
+    p_decayed.put(k, pv);
+  }
+  for (int k = 0; k < kBlock; k += io.n) {
+    anyprecision_apply<ROUNDING>(io, t, x, i + k, p_decayed.get(k), update.get(k));
+  }
+}
+
+// WRITE_BACK: whether grads are written back, as a constant (a test per vector
+// cuts the loop apart: 1.2x slower).
+template <class T, int ROUNDING, bool WRITE_BACK, class MS, class VS, class CS>
+PT_FLATTEN void anyprecision_loop(AnyPrecisionTask t, const MS& ms, const VS& vs, const CS& cs,
+                       int64_t begin, int64_t end) {
+  t.write_back_grad = WRITE_BACK;
+  const AnyPrecisionCoeffs c = *static_cast<const AnyPrecisionCoeffs*>(t.coeffs);
+  const AnyPrecisionTensors<T, MS, VS, CS> x{static_cast<T*>(t.param), static_cast<T*>(t.grad),
+                                             ms, vs, cs};
   int64_t i = begin;
   if constexpr (VecF::width > 1) {
-    constexpr int W = VecF::width;
-    const VecF grad_mult(c.grad_mult);
-    for (; i + W <= end; i += W) {
-      VecF pv = vload(p + i);
-      VecF gv = vload(g + i) * grad_mult;
-      VecF mv = vload_any(m, t.momentum_dt, i);
-      VecF vv = vload_any(v, t.variance_dt, i);
-      if (t.write_back_grad) vstore(g + i, gv);
-      const StoringStateRounding round{m, v, t.momentum_dt, t.variance_dt, i};
-      const VecF u = anyprecision_update(pv, gv, mv, vv, c, round);
-      if constexpr (ROUNDING == kRoundKahan) {
-        const VecF cv = vload_any(comp, t.compensation_dt, i) + u;
-        const VecF rounded = vstore_round(p + i, pv + cv);
-        vstore_round_any(comp, t.compensation_dt, i, cv + (pv - rounded));
-      } else if constexpr (ROUNDING == kRoundStochastic) {
-        vstore(p + i, vround_stochastic(pv + u, param_dt, t.rounding_key, i));
-      } else {
-        vstore(p + i, pv + u);
-      }
+    // the stochastic rounding bits follow the element order
+    using L = std::conditional_t<ROUNDING == kRoundStochastic, InOrder,
+                                 PairLayout<T, typename MS::type, typename VS::type,
+                                            typename CS::type>>;
+    const PairIO<L> pairs;
+    // all in float32 (no conversions in the chain), it is slower in two passes
+    constexpr bool all_float32 =
+        (std::is_same_v<T, float> && std::is_same_v<typename MS::type, float> &&
+         std::is_same_v<typename VS::type, float> && std::is_same_v<typename CS::type, float>);
+    if constexpr (kTwoPasses && !all_float32) {
+      for (; i + kBlock <= end; i += kBlock) anyprecision_block<ROUNDING>(pairs, t, c, x, i);
+    }
+    for (; i + pairs.n <= end; i += pairs.n) anyprecision_elements<ROUNDING>(pairs, t, c, x, i);
+    const VecIO vec;
+    for (; i + vec.n <= end; i += vec.n) anyprecision_elements<ROUNDING>(vec, t, c, x, i);
+  }
+  const ScalarIO<float> one;
+  for (; i < end; ++i) anyprecision_elements<ROUNDING>(one, t, c, x, i);
+}
+
+template <class T, int ROUNDING, class MS, class VS, class CS>
+void anyprecision_run(const AnyPrecisionTask& t, const MS& ms, const VS& vs, const CS& cs,
+                      int64_t begin, int64_t end) {
+  if (t.write_back_grad) {
+    anyprecision_loop<T, ROUNDING, true>(t, ms, vs, cs, begin, end);
+  } else {
+    anyprecision_loop<T, ROUNDING, false>(t, ms, vs, cs, begin, end);
+  }
+}
+
+// Picks a loop compiled for the state dtypes: all states in the parameter's
+// dtype, or (bfloat16 parameters) torchdistx's default of float32 momentum with
+// bfloat16 variance and compensation; any other combination tests the dtypes
+// per vector.
+template <class T, int ROUNDING>
+void anyprecision_range(const void* task_ptr, int64_t begin, int64_t end) {
+  // A copy, not a reference: the stores go through pointers that may alias
+  // anything, which would make the compiler reload every field per vector.
+  const AnyPrecisionTask t = *static_cast<const AnyPrecisionTask*>(task_ptr);
+  constexpr Dt param_dt = std::is_same_v<T, float> ? kF32
+                          : std::is_same_v<T, c10::BFloat16> ? kBF16 : kF16;
+  const bool comp_ok = ROUNDING != kRoundKahan || t.compensation_dt == param_dt;
+  if (t.momentum_dt == param_dt && t.variance_dt == param_dt && comp_ok) {
+    const StateOf<T> m{static_cast<T*>(t.exp_avg)}, v{static_cast<T*>(t.exp_avg_sq)},
+        comp{static_cast<T*>(t.compensation)};
+    return anyprecision_run<T, ROUNDING>(t, m, v, comp, begin, end);
+  }
+  if constexpr (param_dt == kBF16) {
+    if (t.momentum_dt == kF32 && t.variance_dt == kBF16 && comp_ok) {
+      const StateOf<float> m{static_cast<float*>(t.exp_avg)};
+      const StateOf<T> v{static_cast<T*>(t.exp_avg_sq)}, comp{static_cast<T*>(t.compensation)};
+      return anyprecision_run<T, ROUNDING>(t, m, v, comp, begin, end);
     }
   }
-  const ScalarStateRounding round{t.momentum_dt, t.variance_dt};
-  for (; i < end; ++i) {
-    float pv = sload(p + i);
-    float gv = sload(g + i) * c.grad_mult;
-    float mv = sload_any(m, t.momentum_dt, i);
-    float vv = sload_any(v, t.variance_dt, i);
-    if (t.write_back_grad) sstore(g + i, gv);
-    const float u = anyprecision_update(pv, gv, mv, vv, c, round);
-    sstore_any(m, t.momentum_dt, i, mv);
-    sstore_any(v, t.variance_dt, i, vv);
-    if constexpr (ROUNDING == kRoundKahan) {
-      const float cv = sload_any(comp, t.compensation_dt, i) + u;
-      const float rounded = sround(pv + cv, param_dt);
-      sstore(p + i, rounded);
-      sstore_any(comp, t.compensation_dt, i, cv + (pv - rounded));
-    } else if constexpr (ROUNDING == kRoundStochastic) {
-      sstore(p + i, sround_stochastic(pv + u, param_dt, rounding_bits(t.rounding_key, i)));
-    } else {
-      sstore(p + i, pv + u);
-    }
-  }
+  const StateAny m{t.exp_avg, t.momentum_dt}, v{t.exp_avg_sq, t.variance_dt},
+      comp{t.compensation, t.compensation_dt};
+  anyprecision_run<T, ROUNDING>(t, m, v, comp, begin, end);
 }
 
 inline void fill_anyprecision_table(IsaKernels& k) {

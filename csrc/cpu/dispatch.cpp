@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
+#include <cstdlib>
 #include <mutex>
 
 namespace pytrainer::cpu {
@@ -45,8 +47,19 @@ const IsaKernels* by_name(const std::string& name) {
 }
 
 const IsaKernels* automatic() {
-  // Follow torch's own choice (it honours ATEN_CPU_CAPABILITY), capped by what
-  // the CPU reports to us.
+  // PYTRAINER_CPU_ISA forces one for the process (to measure or test another
+  // instruction set on this machine), as ATEN_CPU_CAPABILITY does for torch.
+  if (const char* forced = std::getenv("PYTRAINER_CPU_ISA"); forced != nullptr && *forced) {
+    std::string name(forced);
+    for (char& ch : name) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    const IsaKernels* k = by_name(name);
+    TORCH_CHECK(k != nullptr, "pytrainer: PYTRAINER_CPU_ISA=", forced,
+                " is unknown or not supported by this CPU; valid here: ",
+                c10::Join(", ", supported_isas()));
+    return k;
+  }
+  // Otherwise follow torch's own choice (it honours ATEN_CPU_CAPABILITY), capped
+  // by what the CPU reports to us.
   const std::string torch_isa = at::get_cpu_capability();
   const bool torch_avx512 = torch_isa.find("AVX512") != std::string::npos;
   const bool torch_avx2 = torch_avx512 || torch_isa.find("AVX2") != std::string::npos;

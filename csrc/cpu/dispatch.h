@@ -10,16 +10,18 @@
 
 namespace pytrainer::cpu {
 
-// The kernels for the best instruction set this CPU and torch allow
-// (torch's ATEN_CPU_CAPABILITY, or our set_isa override, can lower it).
+// The kernels for the best instruction set this CPU and torch allow (torch's
+// ATEN_CPU_CAPABILITY can lower it), or the one the environment variable
+// PYTRAINER_CPU_ISA names; set_isa overrides either.
 const IsaKernels& kernels();
 
 // The instruction sets this CPU can run, best first, from
 // "AVX512_BF16", "AVX512", "AVX2", "DEFAULT".
 std::vector<std::string> supported_isas();
 
-// Forces one of them, for testing each build on one machine; "" restores the
-// automatic choice. Returns the name in use.
+// Forces one of them, for testing and measuring each build on one machine; ""
+// restores the automatic choice (PYTRAINER_CPU_ISA included). Returns the name
+// in use.
 std::string set_isa(const std::string& name);
 
 // One tensor's worth of work: fn(task, begin, end) over [0, numel).

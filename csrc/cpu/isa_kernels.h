@@ -2,6 +2,7 @@
 // namespace of its own, after its target pragma and PT_ISA_* macros, so that
 // every instruction set compiles the same kernels.
 #include "cpu/simd.h"
+#include "cpu/vector_io.h"
 #include "cpu/adamw_kernel.h"
 #include "cpu/anyprecision_kernel.h"
 #include "cpu/adafactor_kernel.h"
