@@ -95,7 +95,7 @@ def test_the_op_refuses_params_that_share_memory(device, info):
         opt2 = info.make([torch.nn.Parameter(t.clone()) for t in ps])
         for q in opt2.param_groups[0]["params"]:
             q.grad = torch.randn_like(q)
-        _, _, lists, steps = opt2._init_group(opt2.param_groups[0])
+        _, _, lists, steps = opt2._group_tensors(opt2.param_groups[0])
         op = getattr(ops.kernels, opt2._op_name)
         with pytest.raises(RuntimeError, match=rf"params\[1\] and params\[2\] {what}; each "
                                                r"parameter must appear once"):
