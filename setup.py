@@ -56,7 +56,7 @@ giving kernels that fail to load). Install torch first, then build without isola
     pip install --no-build-isolation .
 
 (`-e .` for an editable install, or the sdist's file name instead of `.`; a build
-without isolation uses your setuptools and ninja too: pip install "setuptools>=77" ninja)"""
+without isolation uses your setuptools and ninja too: pip install "setuptools>={min_setuptools}" ninja)"""
 
 
 def load_build_info():
@@ -72,7 +72,8 @@ def import_torch():
     try:
         import torch
     except ImportError as error:
-        raise SystemExit(NO_TORCH.format(error=f"{type(error).__name__}: {error}")) from None
+        raise SystemExit(NO_TORCH.format(error=f"{type(error).__name__}: {error}",
+                                         min_setuptools=MIN_SETUPTOOLS)) from None
     return torch
 
 
@@ -304,22 +305,26 @@ def kernels_extension(torch, plan, build_info):
     return [extension], {"build_ext": BuildKernels}
 
 
+def setuptools_version():
+    """The installed setuptools: its version string and major number."""
+    import setuptools
+    return setuptools.__version__, int(re.match(r"\d+", setuptools.__version__).group())
+
+
 def check_setuptools():
     """A build without isolation uses the user's setuptools; editable installs
     (pip install -e, PEP 660) need 64, and older ones fail without saying so."""
-    import setuptools
-    major = int(re.match(r"\d+", setuptools.__version__).group())
+    version, major = setuptools_version()
     if major < MIN_SETUPTOOLS:
         raise SystemExit(f"pytrainer: building needs setuptools>={MIN_SETUPTOOLS}; this "
-                         f"environment has setuptools {setuptools.__version__}. Run "
+                         f"environment has setuptools {version}. Run "
                          f"pip install -U 'setuptools>={MIN_SETUPTOOLS}' and build again.")
 
 
 def license_metadata():
     """An SPDX License-Expression (PEP 639) where setuptools writes one (77+), the
     older License field otherwise."""
-    import setuptools
-    if int(re.match(r"\d+", setuptools.__version__).group()) >= 77:
+    if setuptools_version()[1] >= 77:
         return {"license_expression": LICENSE}
     return {"license": LICENSE}
 
