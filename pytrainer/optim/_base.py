@@ -192,19 +192,19 @@ class KernelOptimizer(torch.optim.Optimizer):
 
     def _step_group(self, group: dict[str, Any], first_index: int, grad_scale: Tensor | None,
                     found_inf: Tensor | None, write_back_grads: bool) -> None:
-        if torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        if compiling:
             # dynamo cannot trace the pybind entry: the op goes into the graph
             kernel = getattr(torch.ops.pytrainer, self._op_name)
             params, grads, lists, steps = self._traced_group_tensors(group)
-            # the shared table cache: taking a slot is a call dynamo cannot trace
-            table_slot = -1
         else:
             # pytrainer._C's typed entry of the op (csrc/python_entry.h)
             kernel = getattr(ops.kernels, self._op_name)
             params, grads, lists, steps = self._group_tensors(group)
-            table_slot = self._table_slot(group)
         if not params:
             return
+        # compiled: the shared table cache (taking a slot is a call dynamo cannot trace)
+        table_slot = -1 if compiling else self._table_slot(group)
         device = params[0].device
         self._check_kernels(device)
         lr, lr_tensor = self._lr_args(group["lr"])
