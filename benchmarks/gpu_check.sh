@@ -8,12 +8,12 @@
 # Stages, in order, each with its own time cap and its log written into OUTDIR as
 # it runs (a stage that hangs costs only its own cap; one that fails does not stop
 # the others):
-#   env        GPU, driver, torch, CUDA versions                     env.txt
+#   env        GPU, driver, torch, CUDA versions, pytrainer env      env.log
 #   build      kernels for this GPU's architecture only, -Xptxas -v  build.log, ptxas.txt
 #   smoke      each optimizer on the GPU against the CPU             smoke.log, smoke.json
 #   tests      pytest -m cuda (kernels, the 2^31+5-element step,    tests.log
 #              the Trainer's CUDA paths)
-#   sanitizer  compute-sanitizer memcheck, racecheck, synccheck     sanitizer_<tool>.log
+#   sanitizer  compute-sanitizer memcheck, racecheck, synccheck     sanitizer.log, sanitizer_<tool>.log
 #              over one step of each optimizer on odd shapes
 #   bench      benchmarks/bench_optim.py                             bench.log, bench_optim.json
 #   accum      benchmarks/bench_accumulation.py                      accum.log, bench_accumulation.json
