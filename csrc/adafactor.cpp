@@ -83,7 +83,7 @@ void step_cpu(const Lists& t, AdafactorHyper hyper, std::optional<double> beta1,
   hyper.lr = h.lr;
   const AdafactorPlan plan =
       plan_adafactor(t.params, t.grads, t.exp_avgs, t.row_states, t.col_states,
-                     t.state_steps);
+                     t.state_steps, AdafactorTarget::kCpu);
   const size_t n = plan.entries.size();
 
   at::Tensor work = at::empty({std::max<int64_t>(plan.work_floats(), 1)}, at::kFloat);
@@ -172,26 +172,30 @@ void step_cuda(const Lists& t, const AdafactorHyper& hyper, const cuda::CudaCall
     const std::vector<at::Tensor> p = pick(t.params, indices), g = pick(t.grads, indices),
                                   m = pick(t.exp_avgs, indices), r = pick(t.row_states, indices),
                                   c = pick(t.col_states, indices), s = pick(t.state_steps, indices);
-    const AdafactorPlan plan = plan_adafactor(p, g, m, r, c, s);
+    const AdafactorPlan plan = plan_adafactor(p, g, m, r, c, s, AdafactorTarget::kCuda);
     // checked against CUDA's limits before anything is allocated
     const AdafactorLaunches launches = adafactor_launches(plan);
 
-    // The table: entries, then the unit and batch maps.
+    // The table: entries, then the entry of each unit, factored batch and
+    // finalize 1 block.
     const int64_t entry_bytes = static_cast<int64_t>(plan.entries.size() * sizeof(AdafactorEntry));
     const int64_t units_at = cuda::align16(entry_bytes);
     const int64_t batches_at = cuda::align16(units_at + plan.units * 4);
+    const int64_t fin_at = cuda::align16(batches_at + plan.batches * 4);
     const std::string key(reinterpret_cast<const char*>(plan.entries.data()), entry_bytes);
     const cuda::DeviceBytes table = cuda::upload_cached(
-        key, batches_at + plan.batches * 4,
+        key, fin_at + plan.fin_blocks * 4,
         [&](uint8_t* h) {
           std::memcpy(h, plan.entries.data(), entry_bytes);
           auto* units = reinterpret_cast<int32_t*>(h + units_at);
           auto* batches = reinterpret_cast<int32_t*>(h + batches_at);
+          auto* fin = reinterpret_cast<int32_t*>(h + fin_at);
           for (size_t i = 0; i < plan.entries.size(); ++i) {
             const AdafactorEntry& e = plan.entries[i];
             for (int64_t u = 0; u < e.units; ++u) *units++ = static_cast<int32_t>(i);
             if (e.factored && e.units > 0) {
               for (int64_t b = 0; b < e.batches; ++b) *batches++ = static_cast<int32_t>(i);
+              for (int64_t f = 0; f < e.fin_blocks; ++f) *fin++ = static_cast<int32_t>(i);
             }
           }
         },
@@ -203,6 +207,7 @@ void step_cuda(const Lists& t, const AdafactorHyper& hyper, const cuda::CudaCall
     launch.entries = reinterpret_cast<const AdafactorEntry*>(table.data);
     launch.unit_entry = reinterpret_cast<const int32_t*>(table.data + units_at);
     launch.batch_entry = reinterpret_cast<const int32_t*>(table.data + batches_at);
+    launch.fin_entry = reinterpret_cast<const int32_t*>(table.data + fin_at);
     launch.num_entries = static_cast<int64_t>(plan.entries.size());
     launch.units = plan.units;
     launch.batches = plan.batches;

@@ -9,6 +9,7 @@ import torch
 from pytrainer import ops
 from pytrainer.optim import Adafactor
 from pytrainer.optim.registry import OptimizerConfig, build_optimizer
+from tests.conftest import kernel_devices
 from tests.helpers import random_like_param, rounding_tolerance
 from tests.reference.adafactor import adafactor_step, new_state
 
@@ -256,3 +257,42 @@ def test_registry_builds_it_as_hugging_face_does():
     group = opt.param_groups[0]
     assert isinstance(opt, Adafactor)
     assert (group["lr"], group["scale_parameter"], group["relative_step"]) == (2e-3, False, False)
+
+
+# The CUDA tiling's cases (common/adafactor_cuda_layout.h): a GPT-2 embedding
+# (many row tiles: column partials folded on a grid), a wide matrix (row and
+# column partials), conv weights and 3 x 3, 1 x n, n x 1, batched 3-D.
+CUDA_TILING_SHAPES = [(50257, 768), (600, 9000), (64, 64, 3, 3), (3, 3), (1, 4099), (4099, 1),
+                      (6, 500, 96)]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_cuda_tiling_matches_the_reference_on_model_shapes(dtype):
+    """Each step from the reference's own state: float32 within float32
+    rounding of the float64 math, bfloat16 within one rounding."""
+    if "cuda" not in kernel_devices():
+        pytest.skip("needs an NVIDIA GPU and pytrainer's CUDA kernels")
+    config = dict(beta1=0.9, weight_decay=0.01)
+    params = [torch.nn.Parameter(random_like_param(s, dtype, "cuda")) for s in CUDA_TILING_SHAPES]
+    states = [new_state(p, 0.9) for p in params]
+    opt = Adafactor(params, **config)
+    gen = torch.Generator().manual_seed(6)
+    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else rounding_tolerance(dtype)
+    for _ in range(3):
+        grads = grads_for(params, gen)
+        expected = []
+        for p, g, st in zip(params, grads, states):
+            p.grad = g
+            expected.append(adafactor_step(p.detach().cpu(), g.cpu(), st, **config))
+        opt.step()
+        for p, want, st in zip(params, expected, states):
+            torch.testing.assert_close(p.detach().cpu().double(), want.to(dtype).double(),
+                                       **tolerance)
+            for key in ("exp_avg_sq_row", "exp_avg_sq_col"):
+                torch.testing.assert_close(opt.state[p][key].cpu().double(), st[key], rtol=1e-5,
+                                           atol=1e-30)
+            # the reference follows the kernel's trajectory (its own rounding)
+            for key, value in opt.state[p].items():
+                if key != "step":
+                    st[key] = value.cpu().double()

@@ -38,6 +38,13 @@ struct AdafactorEntry {
   int64_t first_batch;  // this tensor's first batch among all factored batches
   int64_t row_partials; // offset of its [batches * rows * col_tiles] row partial sums
   int64_t col_partials; // offset of its [batches * row_tiles * cols] column partial sums
+  // CUDA only (common/adafactor_cuda_layout.h; zero in a CPU plan): the threads of
+  // a factored tile, the offset of its row-state sums, its finalize 1 blocks
+  int64_t pack;              // values per 16-byte access
+  int64_t threads_per_row, packs_per_thread, rows_per_step;
+  int64_t row_sums;          // offset of its [batches * row_tiles] sums of the new row state
+  int64_t col_chunks;        // column blocks of finalize 1 per batch
+  int64_t first_fin_block, fin_blocks;
   int32_t factored;
   int32_t index;        // position in the call (its alpha and divisor live at 2*index)
 };
@@ -50,6 +57,7 @@ struct AdafactorWork {
   float* u_sq;       // per unit: sum of U^2
   float* mean_row;   // per factored batch: mean of its row state
   float* scalars;    // per tensor: alpha, clipping divisor
+  float* row_sums;   // CUDA: per (batch, row tile), the sum of the new row state
 };
 
 // Elements per tile: large enough to amortise a unit's setup, small enough to

@@ -45,6 +45,7 @@ AdafactorWork AdafactorPlan::carve(float* base) const {
   w.u_sq = w.p_sq + units;
   w.mean_row = w.u_sq + units;
   w.scalars = w.mean_row + batches;
+  w.row_sums = w.scalars + 2 * static_cast<int64_t>(entries.size());
   return w;
 }
 
@@ -79,9 +80,14 @@ namespace {
 
 // The geometry and offsets of entry i, appended to `plan`.
 void place_entry(AdafactorPlan& plan, size_t i, const int64_t* sizes, int64_t dim,
-                 int64_t element_size) {
+                 int64_t element_size, AdafactorTarget target) {
   AdafactorEntry& e = plan.entries[i];
-  adafactor_geometry(e, sizes, dim, element_size);
+  const bool cuda = target == AdafactorTarget::kCuda;
+  if (cuda) {
+    adafactor_cuda_geometry(e, sizes, dim, element_size);
+  } else {
+    adafactor_geometry(e, sizes, dim, element_size);
+  }
   e.index = static_cast<int32_t>(i);
   e.first_unit = plan.units;
   plan.units += e.units;
@@ -89,16 +95,25 @@ void place_entry(AdafactorPlan& plan, size_t i, const int64_t* sizes, int64_t di
     e.first_batch = plan.batches;
     plan.batches += e.batches;
     e.row_partials = plan.row_partials;
-    plan.row_partials += e.batches * e.rows * e.col_tiles;
+    plan.row_partials +=
+        cuda ? adafactor_cuda_row_partials(e) : e.batches * e.rows * e.col_tiles;
     e.col_partials = plan.col_partials;
-    plan.col_partials += e.batches * e.row_tiles * e.cols;
+    plan.col_partials +=
+        cuda ? adafactor_cuda_col_partials(e) : e.batches * e.row_tiles * e.cols;
+    if (cuda) {
+      e.row_sums = plan.row_sums;
+      plan.row_sums += adafactor_cuda_row_sums(e);
+      e.first_fin_block = plan.fin_blocks;
+      plan.fin_blocks += e.fin_blocks;
+    }
   }
 }
 
 }  // namespace
 
 AdafactorPlan plan_adafactor_shapes(const std::vector<std::vector<int64_t>>& shapes,
-                                    const std::vector<int64_t>& element_sizes) {
+                                    const std::vector<int64_t>& element_sizes,
+                                    AdafactorTarget target) {
   AdafactorPlan plan;
   plan.entries.resize(shapes.size());
   for (size_t i = 0; i < shapes.size(); ++i) {
@@ -109,14 +124,14 @@ AdafactorPlan plan_adafactor_shapes(const std::vector<std::vector<int64_t>>& sha
                 element_sizes[i], " of shape ", i, "; Adafactor takes 2- or 4-byte parameters");
     plan.entries[i] = AdafactorEntry{};
     place_entry(plan, i, shapes[i].data(), static_cast<int64_t>(shapes[i].size()),
-                element_sizes[i]);
+                element_sizes[i], target);
   }
   return plan;
 }
 
 AdafactorPlan plan_adafactor(TensorList params, TensorList grads, TensorList exp_avgs,
                              TensorList row_states, TensorList col_states,
-                             TensorList state_steps) {
+                             TensorList state_steps, AdafactorTarget target) {
   AdafactorPlan plan;
   plan.entries.resize(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
@@ -129,7 +144,7 @@ AdafactorPlan plan_adafactor(TensorList params, TensorList grads, TensorList exp
     e.state_row = row_states[i].data_ptr<float>();
     e.state_col = col_states[i].numel() > 0 ? col_states[i].data_ptr<float>() : nullptr;
     e.step = state_steps[i].data_ptr<float>();
-    place_entry(plan, i, p.sizes().data(), p.dim(), p.element_size());
+    place_entry(plan, i, p.sizes().data(), p.dim(), p.element_size(), target);
   }
   return plan;
 }

@@ -13,7 +13,7 @@ namespace pytrainer {
 namespace {
 
 constexpr int64_t kBlock = cuda::kThreads;
-static_assert(kBlock == kAdafactorWarps * 32, "the Adafactor kernels run cuda::kThreads threads");
+static_assert(kBlock == kAdafactorCudaThreads, "the Adafactor kernels run cuda::kThreads threads");
 
 LaunchDims blocks_of(int64_t blocks, int64_t shared_bytes = 0) {
   LaunchDims d;
@@ -58,19 +58,22 @@ ElementwisePlan plan_elementwise(const char* op, const std::vector<int64_t>& num
 
 AdafactorLaunches adafactor_launches(const AdafactorPlan& plan) {
   constexpr const char* op = "pytrainer::adafactor_";
-  // units and batches index int32 maps, one per block
-  TORCH_CHECK(plan.units <= kCudaMaxGridX && plan.batches <= kCudaMaxGridX, op,
-              ": too many work units in one call (", plan.units, " units, ", plan.batches,
-              " matrices; at most ", kCudaMaxGridX, " each): split the parameters over several "
-              "param groups");
+  // units, batches and finalize blocks index int32 maps, one per block or thread
+  TORCH_CHECK(plan.units <= kCudaMaxGridX && plan.batches <= kCudaMaxGridX &&
+                  plan.fin_blocks <= kCudaMaxGridX,
+              op, ": too many work units in one call (", plan.units, " units, ", plan.batches,
+              " matrices, ", plan.fin_blocks, " finalize blocks; at most ", kCudaMaxGridX,
+              " each): split the parameters over several param groups");
   AdafactorLaunches l;
   l.sums = blocks_of(plan.units, kAdafactorSumsShared);
-  l.factors = blocks_of(plan.batches, kAdafactorReduceShared);
+  l.factors = blocks_of(plan.fin_blocks, kAdafactorReduceShared);
+  l.means = blocks_of((plan.batches + kBlock - 1) / kBlock);
   l.norm = blocks_of(plan.units, kAdafactorNormShared);
   l.scalars = blocks_of(static_cast<int64_t>(plan.entries.size()), kAdafactorReduceShared);
   l.update = blocks_of(plan.units);
   check_launch(op, "pass 1 (sums)", l.sums);
   check_launch(op, "finalize 1 (factors)", l.factors);
+  check_launch(op, "finalize 1 (row means)", l.means);
   check_launch(op, "pass 2 (norm)", l.norm);
   check_launch(op, "finalize 2 (scalars)", l.scalars);
   check_launch(op, "pass 3 (update)", l.update);
@@ -118,7 +121,7 @@ pybind11::dict adafactor_for_python(const std::vector<std::vector<int64_t>>& sha
                                     const std::vector<int64_t>& element_sizes) {
   TORCH_CHECK(shapes.size() == element_sizes.size(), "plan_adafactor: ", shapes.size(),
               " shapes but ", element_sizes.size(), " element sizes");
-  const AdafactorPlan plan = plan_adafactor_shapes(shapes, element_sizes);
+  const AdafactorPlan plan = plan_adafactor_shapes(shapes, element_sizes, AdafactorTarget::kCuda);
   const AdafactorLaunches launches = adafactor_launches(plan);
   pybind11::list entries;
   for (const AdafactorEntry& e : plan.entries) {
@@ -132,8 +135,15 @@ pybind11::dict adafactor_for_python(const std::vector<std::vector<int64_t>>& sha
     d["tile_cols"] = e.tile_cols;
     d["first_unit"] = e.first_unit;
     d["units"] = e.units;
+    d["row_tiles"] = e.row_tiles;
+    d["col_tiles"] = e.col_tiles;
+    d["pack"] = e.pack;
+    d["threads_per_row"] = e.threads_per_row;
+    d["packs_per_thread"] = e.packs_per_thread;
+    d["rows_per_step"] = e.rows_per_step;
     d["row_partials"] = e.row_partials;
     d["col_partials"] = e.col_partials;
+    d["fin_blocks"] = e.fin_blocks;
     pybind11::list tiles;  // per unit: (batch, row_begin, row_end, col_begin, col_end)
     for (int64_t u = 0; u < e.units; ++u) {
       const Tile t = adafactor_tile(e, u);
@@ -146,11 +156,13 @@ pybind11::dict adafactor_for_python(const std::vector<std::vector<int64_t>>& sha
   out["entries"] = entries;
   out["units"] = plan.units;
   out["batches"] = plan.batches;
-  out["partial_floats"] = plan.row_partials + plan.col_partials;
+  out["partial_floats"] = plan.row_partials + plan.col_partials + plan.row_sums;
+  out["fin_blocks"] = plan.fin_blocks;
   out["work_floats"] = plan.work_floats();
   pybind11::dict l;
   l["sums"] = dims_dict(launches.sums);
   l["factors"] = dims_dict(launches.factors);
+  l["means"] = dims_dict(launches.means);
   l["norm"] = dims_dict(launches.norm);
   l["scalars"] = dims_dict(launches.scalars);
   l["update"] = dims_dict(launches.update);

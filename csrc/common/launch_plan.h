@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "common/adafactor_layout.h"
+#include "common/adafactor_cuda_layout.h"
 
 namespace pytrainer {
 
@@ -42,16 +42,20 @@ struct ElementwisePlan {
 };
 ElementwisePlan plan_elementwise(const char* op, const std::vector<int64_t>& numels);
 
-// The five launches of an Adafactor step (common/adafactor_layout.h).
+// The six launches of an Adafactor step on CUDA (common/adafactor_cuda_layout.h):
+// pass 1, finalize 1 (its grid and the row means), pass 2, finalize 2, pass 3.
 struct AdafactorLaunches {
-  LaunchDims sums, factors, norm, scalars, update;
+  LaunchDims sums, factors, means, norm, scalars, update;
 };
 AdafactorLaunches adafactor_launches(const AdafactorPlan& plan);
 
 // Static shared memory of the Adafactor kernels (asserted in cuda/adafactor.cu).
-constexpr int64_t kAdafactorWarps = 256 / 32;
-constexpr int64_t kAdafactorSumsShared = (kAdafactorMaxTileRows + 1) * kAdafactorWarps * 4;
-constexpr int64_t kAdafactorNormShared = kAdafactorWarps * 4;     // a float per warp
+constexpr int64_t kAdafactorWarps = kAdafactorCudaThreads / 32;
 constexpr int64_t kAdafactorReduceShared = kAdafactorWarps * 8;  // a double per warp
+// pass 1: the row slots, a float per thread and 16-bit pack value (the column
+// sums of one pack slot at a time), the block sums
+constexpr int64_t kAdafactorSumsShared =
+    kAdafactorCudaRowSlots * 4 + kAdafactorCudaThreads * 8 * 4 + kAdafactorReduceShared;
+constexpr int64_t kAdafactorNormShared = kAdafactorWarps * 4;  // a float per warp
 
 }  // namespace pytrainer

@@ -1,7 +1,8 @@
-// Adafactor on CUDA: three passes over memory plus two small finalize kernels,
-// each one launch over every tensor of the call (common/adafactor_layout.h).
+// Adafactor on CUDA: three passes over memory plus small finalize kernels, each
+// one launch over every tensor of the call (common/adafactor_layout.h; the
+// CUDA geometry of factored tensors: common/adafactor_cuda_layout.h).
 // All sums run in a fixed order, so results do not vary from run to run.
-#include "common/adafactor_layout.h"
+#include "common/adafactor_cuda_layout.h"
 #include "cuda/launch.h"
 #include "cuda/multi_tensor.cuh"
 #include "cuda/vec.cuh"
@@ -93,14 +94,161 @@ PT_DEVICE void step_beta2(const AdafactorLaunch& a, const AdafactorEntry& e, flo
   *one_minus_beta2 = static_cast<float>(1.0 - b2);
 }
 
+// The new row or column state from the sum of g^2 over n values.
+PT_DEVICE float factor_state(float old, float sum, int64_t n, float beta2, float one_minus_beta2,
+                             float eps1) {
+  return beta2 * old + one_minus_beta2 * (sum / static_cast<float>(n) + eps1);
+}
+
+// The sum of n floats `stride` apart, in a fixed order with four independent
+// accumulators (the loads of a long fold overlap).
+PT_DEVICE float fold(const float* x, int64_t n, int64_t stride) {
+  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    s0 += x[k * stride];
+    s1 += x[(k + 1) * stride];
+    s2 += x[(k + 2) * stride];
+    s3 += x[(k + 3) * stride];
+  }
+  for (; k < n; ++k) s0 += x[k * stride];
+  return (s0 + s1) + (s2 + s3);
+}
+
+// The sum of a row tile's new row states: the row mean itself when the tile
+// is the whole matrix's rows, else its slot for means_kernel.
+PT_DEVICE void store_row_total(const AdafactorLaunch& a, const AdafactorEntry& e, int64_t batch,
+                               int64_t row_tile, double total) {
+  if (e.row_tiles == 1) {
+    a.work.mean_row[e.first_batch + batch] =
+        static_cast<float>(total / static_cast<double>(e.rows));
+  } else {
+    a.work.row_sums[row_sum_slot(e, batch, row_tile)] = static_cast<float>(total);
+  }
+}
+
+// The sum over a row's group of `width` lanes (a power of two, at most 32), in
+// the group's first lane; every lane of the warp takes part.
+PT_DEVICE float group_sum(float v, int64_t width) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    if (offset < width) v += __shfl_down_sync(0xffffffffu, v, offset);
+  }
+  return v;
+}
+
 // ------------------------------------------------------------------ pass 1
+// Factored (common/adafactor_cuda_layout.h): each thread sums g^2 over its
+// columns in registers and each row's lanes sum it over the row; the block then
+// writes row states (a tile spanning every column) or row partials, and column
+// states (a tile spanning every row) or column partials.
+template <class T>
+PT_DEVICE void factored_sums(const AdafactorLaunch& a, const AdafactorEntry& e, const Tile& t,
+                             const T* g, const T* p, float gm, float* p_sq, float* row_part,
+                             float* col_part, double* reduce) {
+  constexpr int N = kPack<T>;
+  constexpr int M = kAdafactorCudaThreadElems / N;
+  const AdafactorLane l = adafactor_lane(e, threadIdx.x);
+  const int64_t slots = e.packs_per_thread;
+  const int64_t group = row_group(e), groups = row_groups(e);
+  const bool packed = e.cols % N == 0 && aligned16(g) && aligned16(p);
+  float beta2, one_minus_beta2;
+  step_beta2(a, e, &beta2, &one_minus_beta2);
+  const float eps1 = static_cast<float>(a.hyper.eps1);
+  const bool row_states = e.col_tiles == 1;
+  double row_state_sum = 0.0;
+  // A whole row's sum of g^2: the new row state, or the row partial.
+  auto finish_row = [&](int64_t i, float sum) {
+    if (row_states) {
+      float* state = e.state_row + t.batch * e.rows + i;
+      const float v = factor_state(*state, sum, e.cols, beta2, one_minus_beta2, eps1);
+      *state = v;
+      row_state_sum += v;
+    } else {
+      a.work.row_partials[row_partial_slot(e, t.batch, i, t.col_tile)] = sum;
+    }
+  };
+
+  float col_acc[M][N] = {};
+  const int64_t steps = tile_steps(e, t);
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t i = step_row(e, t, l, s);
+    const int64_t base = (t.batch * e.rows + i) * e.cols;
+    float row = 0.0f;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const int64_t c0 = lane_col(e, t, l.lane, m);
+      if (m < slots && i < t.row_end && c0 < t.col_end) {
+        float gv[N], pv[N];
+        load_cols<N>(g + base, c0, t.col_end, packed, gv);
+        load_cols<N>(p + base, c0, t.col_end, packed, pv);
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+          const float x = gv[k] * gm;
+          const float x2 = x * x;
+          col_acc[m][k] += x2;
+          row += x2;
+          *p_sq += pv[k] * pv[k];
+        }
+      }
+    }
+    row = group_sum(row, group);
+    if (i < t.row_end && l.lane % group == 0) {
+      if (groups == 1) {
+        finish_row(i, row);  // the row is one group: its sum is complete
+      } else {
+        row_part[(i - t.row_begin) * groups + l.lane / group] = row;
+      }
+    }
+  }
+  if (groups > 1) {  // block-uniform: the groups' sums of each row, in order
+    __syncthreads();
+    for (int64_t r = threadIdx.x; r < t.row_end - t.row_begin; r += kThreads) {
+      float sum = 0.0f;
+      for (int64_t q = 0; q < groups; ++q) sum += row_part[r * groups + q];
+      finish_row(t.row_begin + r, sum);
+    }
+  }
+  if (row_states) {  // block-uniform
+    const double total = block_sum(row_state_sum, reduce);
+    if (threadIdx.x == 0) store_row_total(a, e, t.batch, t.row_tile, total);
+  }
+  // columns, one pack slot at a time: the R row lanes' sums in order
+  const bool col_states = e.row_tiles == 1;
+  const int64_t lanes = e.threads_per_row, R = e.rows_per_step;
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    if (m < slots) {  // block-uniform
+      __syncthreads();  // the previous slot's sums are read
+#pragma unroll
+      for (int k = 0; k < N; ++k) col_part[threadIdx.x * N + k] = col_acc[m][k];
+      __syncthreads();
+      for (int64_t q = threadIdx.x; q < lanes * N; q += kThreads) {
+        const int64_t lane = q / N, k = q - lane * N;
+        const int64_t c = lane_col(e, t, lane, m) + k;
+        if (c >= t.col_end) continue;
+        const float sum = fold(col_part + lane * N + k, R, lanes * N);
+        if (col_states) {
+          float* state = e.state_col + t.batch * e.cols + c;
+          *state = factor_state(*state, sum, e.rows, beta2, one_minus_beta2, eps1);
+        } else {
+          a.work.col_partials[col_partial_slot(e, t.batch, t.row_tile, c)] = sum;
+        }
+      }
+    }
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(kThreads) sums_kernel(AdafactorLaunch a) {
   if (skipped(a.scalars)) return;
   constexpr int N = kPack<T>;
-  __shared__ float row_part[kAdafactorMaxTileRows][kWarps];
-  __shared__ float reduce[kWarps];
-  static_assert(sizeof(row_part) + sizeof(reduce) == kAdafactorSumsShared, "see launch_plan.h");
+  __shared__ float row_part[kAdafactorCudaRowSlots];
+  __shared__ float col_part[kThreads * 8];
+  __shared__ double reduce[kWarps];
+  static_assert(sizeof(row_part) + sizeof(col_part) + sizeof(reduce) == kAdafactorSumsShared,
+                "see launch_plan.h");
+  static_assert(kThreads * N <= kThreads * 8, "a float per thread and pack value");
   int64_t local;
   const AdafactorEntry& e = unit_entry(a, &local);
   const Tile t = adafactor_tile(e, local);
@@ -110,39 +258,7 @@ __global__ void __launch_bounds__(kThreads) sums_kernel(AdafactorLaunch a) {
   float p_sq = 0.0f;
 
   if (e.factored) {
-    const bool packed = e.cols % N == 0 && aligned16(g) && aligned16(p);
-    const int64_t c0 = t.col_begin + static_cast<int64_t>(threadIdx.x) * N;
-    float col_acc[N] = {};
-#pragma unroll 4
-    for (int64_t i = t.row_begin; i < t.row_end; ++i) {
-      const int64_t base = (t.batch * e.rows + i) * e.cols;
-      float gv[N], pv[N];
-      load_cols<N>(g + base, c0, t.col_end, packed, gv);
-      load_cols<N>(p + base, c0, t.col_end, packed, pv);
-      float row = 0.0f;
-#pragma unroll
-      for (int k = 0; k < N; ++k) {
-        const float x = gv[k] * gm;
-        const float x2 = x * x;
-        col_acc[k] += x2;
-        row += x2;
-        p_sq += pv[k] * pv[k];
-      }
-      row = warp_sum(row);
-      if (threadIdx.x % 32 == 0) row_part[i - t.row_begin][threadIdx.x / 32] = row;
-    }
-    __syncthreads();
-    if (threadIdx.x < t.row_end - t.row_begin) {
-      float s = 0.0f;
-      for (int w = 0; w < kWarps; ++w) s += row_part[threadIdx.x][w];
-      a.work.row_partials[row_partial_slot(e, t.batch, t.row_begin + threadIdx.x, t.col_tile)] = s;
-    }
-#pragma unroll
-    for (int k = 0; k < N; ++k) {
-      if (c0 + k < t.col_end) {
-        a.work.col_partials[col_partial_slot(e, t.batch, t.row_tile, c0 + k)] = col_acc[k];
-      }
-    }
+    factored_sums<T>(a, e, t, g, p, gm, &p_sq, row_part, col_part, reduce);
   } else {
     // not factored: the full state v and the sum of U^2 right away
     float beta2, one_minus_beta2;
@@ -169,49 +285,78 @@ __global__ void __launch_bounds__(kThreads) sums_kernel(AdafactorLaunch a) {
       }
       store_cols<N>(v, j, t.col_end, packed, vv);
     }
-    const float total_u = block_sum(u_sq, reduce);
-    if (threadIdx.x == 0) a.work.u_sq[e.first_unit + local] = total_u;
+    const double total_u = block_sum<double>(u_sq, reduce);
+    if (threadIdx.x == 0) a.work.u_sq[e.first_unit + local] = static_cast<float>(total_u);
   }
-  const float total_p = block_sum(p_sq, reduce);
-  if (threadIdx.x == 0) a.work.p_sq[e.first_unit + local] = total_p;
+  const double total_p = block_sum<double>(p_sq, reduce);
+  if (threadIdx.x == 0) a.work.p_sq[e.first_unit + local] = static_cast<float>(total_p);
 }
 
 // ------------------------------------------------------------------ finalize 1
+// A block per (batch, column chunk) folds the column partials of every row
+// tile, one column per thread; a block per (batch, row tile) folds the row
+// partials of every column tile and sums the new row states.
 __global__ void __launch_bounds__(kThreads) factors_kernel(AdafactorLaunch a) {
   if (skipped(a.scalars)) return;
   __shared__ double reduce[kWarps];
   static_assert(sizeof(reduce) == kAdafactorReduceShared, "see launch_plan.h");
-  const AdafactorEntry& e = a.entries[a.batch_entry[blockIdx.x]];
-  const int64_t b = static_cast<int64_t>(blockIdx.x) - e.first_batch;
+  static_assert(kAdafactorCudaFinCols == kThreads, "a column per thread");
+  const AdafactorEntry& e = a.entries[a.fin_entry[blockIdx.x]];
+  const AdafactorFinBlock f = adafactor_fin_block(e, blockIdx.x - e.first_fin_block);
   float beta2, one_minus_beta2;
   step_beta2(a, e, &beta2, &one_minus_beta2);
   const float eps1 = static_cast<float>(a.hyper.eps1);
-  float* row = e.state_row + b * e.rows;
+  if (f.cols) {
+    const int64_t j = f.begin + threadIdx.x;
+    if (j < f.end) {
+      const float sum = fold(a.work.col_partials + col_partial_slot(e, f.batch, 0, j),
+                             e.row_tiles, e.cols);
+      float* state = e.state_col + f.batch * e.cols + j;
+      *state = factor_state(*state, sum, e.rows, beta2, one_minus_beta2, eps1);
+    }
+    return;
+  }
   double row_sum = 0.0;
-  for (int64_t i = threadIdx.x; i < e.rows; i += kThreads) {
-    float s = 0.0f;
-    for (int64_t ct = 0; ct < e.col_tiles; ++ct) s += a.work.row_partials[row_partial_slot(e, b, i, ct)];
-    row[i] = beta2 * row[i] + one_minus_beta2 * (s / static_cast<float>(e.cols) + eps1);
-    row_sum += row[i];
+  for (int64_t i = f.begin + threadIdx.x; i < f.end; i += kThreads) {
+    const float sum = fold(a.work.row_partials + row_partial_slot(e, f.batch, i, 0),
+                           e.col_tiles, 1);
+    float* state = e.state_row + f.batch * e.rows + i;
+    const float v = factor_state(*state, sum, e.cols, beta2, one_minus_beta2, eps1);
+    *state = v;
+    row_sum += v;
   }
   const double total = block_sum(row_sum, reduce);
-  if (threadIdx.x == 0) {
-    a.work.mean_row[e.first_batch + b] = static_cast<float>(total / static_cast<double>(e.rows));
-  }
-  float* col = e.state_col + b * e.cols;
-  for (int64_t j = threadIdx.x; j < e.cols; j += kThreads) {
-    float s = 0.0f;
-    for (int64_t rt = 0; rt < e.row_tiles; ++rt) s += a.work.col_partials[col_partial_slot(e, b, rt, j)];
-    col[j] = beta2 * col[j] + one_minus_beta2 * (s / static_cast<float>(e.rows) + eps1);
-  }
+  if (threadIdx.x == 0) store_row_total(a, e, f.batch, f.row_tile, total);
 }
 
-// The 1/sqrt factors of a thread's columns and of a row.
-template <int N>
-PT_DEVICE void col_factors(const AdafactorEntry& e, const Tile& t, int64_t c0, float (&out)[N]) {
+// The row mean of every factored batch of several row tiles, a thread each:
+// its row tiles' sums in order.
+__global__ void __launch_bounds__(kThreads) means_kernel(AdafactorLaunch a) {
+  if (skipped(a.scalars)) return;
+  const int64_t batch = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (batch >= a.batches) return;
+  const AdafactorEntry& e = a.entries[a.batch_entry[batch]];
+  if (e.row_tiles == 1) return;  // its one row tile wrote the mean
+  const float* sums = a.work.row_sums + row_sum_slot(e, batch - e.first_batch, 0);
+  double total = 0.0;
+  for (int64_t rt = 0; rt < e.row_tiles; ++rt) total += sums[rt];
+  a.work.mean_row[batch] = static_cast<float>(total / static_cast<double>(e.rows));
+}
+
+// The 1/sqrt factors of a thread's pack slots (zeros past the tile).
+template <int N, int M>
+PT_DEVICE void col_factors(const AdafactorEntry& e, const Tile& t, int64_t lane,
+                           float (&out)[M][N]) {
   const float* c = e.state_col + t.batch * e.cols;
 #pragma unroll
-  for (int k = 0; k < N; ++k) out[k] = c0 + k < t.col_end ? adafactor_inv_sqrt(c[c0 + k]) : 0.0f;
+  for (int m = 0; m < M; ++m) {
+    const int64_t c0 = lane_col(e, t, lane, m);
+    const bool mine = m < e.packs_per_thread;
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      out[m][k] = mine && c0 + k < t.col_end ? adafactor_inv_sqrt(c[c0 + k]) : 0.0f;
+    }
+  }
 }
 
 PT_DEVICE float row_factor(const AdafactorLaunch& a, const AdafactorEntry& e, const Tile& t,
@@ -225,6 +370,7 @@ template <class T>
 __global__ void __launch_bounds__(kThreads) norm_kernel(AdafactorLaunch a) {
   if (skipped(a.scalars)) return;
   constexpr int N = kPack<T>;
+  constexpr int M = kAdafactorCudaThreadElems / N;
   __shared__ float reduce[kWarps];
   static_assert(sizeof(reduce) == kAdafactorNormShared, "see launch_plan.h");
   int64_t local;
@@ -234,19 +380,28 @@ __global__ void __launch_bounds__(kThreads) norm_kernel(AdafactorLaunch a) {
   const T* g = static_cast<const T*>(e.grad);
   const float gm = grad_multiplier(a.scalars);
   const bool packed = e.cols % N == 0 && aligned16(g);
-  const int64_t c0 = t.col_begin + static_cast<int64_t>(threadIdx.x) * N;
-  float cf[N];
-  col_factors(e, t, c0, cf);
+  const AdafactorLane l = adafactor_lane(e, threadIdx.x);
+  float cf[M][N];
+  col_factors(e, t, l.lane, cf);
   float u_sq = 0.0f;
-#pragma unroll 4
-  for (int64_t i = t.row_begin; i < t.row_end; ++i) {
+  const int64_t steps = tile_steps(e, t);
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t i = step_row(e, t, l, s);
+    if (i >= t.row_end) break;  // the thread's last rows; no barrier in the loop
     const float r = row_factor(a, e, t, i);
-    float gv[N];
-    load_cols<N>(g + (t.batch * e.rows + i) * e.cols, c0, t.col_end, packed, gv);
+    const int64_t base = (t.batch * e.rows + i) * e.cols;
 #pragma unroll
-    for (int k = 0; k < N; ++k) {
-      const float U = (r * cf[k]) * (gv[k] * gm);
-      u_sq += U * U;
+    for (int m = 0; m < M; ++m) {
+      const int64_t c0 = lane_col(e, t, l.lane, m);
+      if (m < e.packs_per_thread && c0 < t.col_end) {
+        float gv[N];
+        load_cols<N>(g + base, c0, t.col_end, packed, gv);
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+          const float U = (r * cf[m][k]) * (gv[k] * gm);
+          u_sq += U * U;
+        }
+      }
     }
   }
   const float total = block_sum(u_sq, reduce);
@@ -327,13 +482,21 @@ __global__ void __launch_bounds__(kThreads) update_kernel(AdafactorLaunch a) {
   };
 
   if (e.factored) {
-    const int64_t c0 = t.col_begin + static_cast<int64_t>(threadIdx.x) * N;
-    if (c0 >= t.col_end) return;  // no barrier below: idle threads may leave
-    float cf[N];
-    col_factors(e, t, c0, cf);
-#pragma unroll 2
-    for (int64_t i = t.row_begin; i < t.row_end; ++i) {
-      update_cols((t.batch * e.rows + i) * e.cols, c0, t.col_end, row_factor(a, e, t, i), cf);
+    constexpr int M = kAdafactorCudaThreadElems / N;
+    const AdafactorLane l = adafactor_lane(e, threadIdx.x);
+    float cf[M][N];
+    col_factors(e, t, l.lane, cf);
+    const int64_t steps = tile_steps(e, t);
+    for (int64_t s = 0; s < steps; ++s) {  // no barrier below: threads may leave
+      const int64_t i = step_row(e, t, l, s);
+      if (i >= t.row_end) break;
+      const float r = row_factor(a, e, t, i);
+      const int64_t base = (t.batch * e.rows + i) * e.cols;
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const int64_t c0 = lane_col(e, t, l.lane, m);
+        if (m < e.packs_per_thread && c0 < t.col_end) update_cols(base, c0, t.col_end, r, cf[m]);
+      }
     }
   } else {
     for (int64_t j = t.col_begin + static_cast<int64_t>(threadIdx.x) * N; j < t.col_end;
@@ -360,6 +523,7 @@ cudaError_t launch_typed(const AdafactorLaunch& a, const AdafactorLaunches& l,
   if (l.factors.grid[0] > 0) {
     factors_kernel<<<grid_of(l.factors), block_of(l.factors), 0, stream>>>(a);
   }
+  if (l.means.grid[0] > 0) means_kernel<<<grid_of(l.means), block_of(l.means), 0, stream>>>(a);
   if (l.norm.grid[0] > 0) norm_kernel<T><<<grid_of(l.norm), block_of(l.norm), 0, stream>>>(a);
   if (l.scalars.grid[0] > 0) {
     scalars_kernel<<<grid_of(l.scalars), block_of(l.scalars), 0, stream>>>(a);

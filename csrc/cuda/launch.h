@@ -49,6 +49,7 @@ struct AdafactorLaunch {
   const AdafactorEntry* entries;  // device copies of the plan's entries
   const int32_t* unit_entry;      // the entry of each unit
   const int32_t* batch_entry;     // the entry of each factored batch
+  const int32_t* fin_entry;       // the entry of each finalize 1 block
   int64_t num_entries, units, batches;
   AdafactorWork work;             // device scratch memory
   AdafactorHyper hyper;
@@ -56,7 +57,7 @@ struct AdafactorLaunch {
   bool write_back_grads;
 };
 
-// The five launches of one Adafactor step (common/adafactor_layout.h); the last
+// The six launches of one Adafactor step (common/adafactor_layout.h); the last
 // but one advances the steps.
 cudaError_t launch_adafactor(Dtype param_dtype, const AdafactorLaunch& args,
                              const AdafactorLaunches& launches, cudaStream_t stream);
