@@ -65,7 +65,27 @@ pybind11::dict emulate(const std::vector<std::vector<int64_t>>& shapes,
       }
     };
     // pass 1 (passes 2 and 3 walk the same slots)
-    for (int64_t u = 0; u < e.units; ++u) {
+    for (int64_t u = 0; u < e.units && e.tile_matrices > 0; ++u) {  // a thread per matrix
+      const Tile t = adafactor_tile(e, u);
+      int64_t busy = 0;
+      for (int64_t th = 0; th < threads; ++th) {
+        const int64_t b = thread_matrix(e, t, th);
+        if (b >= e.batches) continue;
+        ++busy;
+        for (int64_t at = b * e.rows * e.cols; at < (b + 1) * e.rows * e.cols; ++at) {
+          if (at < 0 || at >= e.numel) {
+            ++out_of_range;
+          } else {
+            ++seen[static_cast<size_t>(at)];
+          }
+        }
+        for (int64_t i = 0; i < e.rows; ++i) row_states.hit(b * e.rows + i, out_of_range);
+        for (int64_t c = 0; c < e.cols; ++c) col_states.hit(b * e.cols + c, out_of_range);
+        means_w.hit(e.first_batch + b, out_of_range);
+      }
+      active.append(busy);
+    }
+    for (int64_t u = 0; u < e.units && e.tile_matrices == 0; ++u) {
       const Tile t = adafactor_tile(e, u);
       int64_t busy = 0;
       for (int64_t th = 0; th < threads; ++th) {

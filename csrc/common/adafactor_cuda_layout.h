@@ -18,8 +18,10 @@
 // Finalize 1 then runs one block per (batch, chunk of kAdafactorCudaFinCols
 // columns) where columns have partials and one per (batch, row tile) where rows
 // do; a last small kernel sums each batch's row tiles into its row mean.
-// A matrix smaller than one step of the block (fewer than rows_per_step rows)
-// leaves threads idle: tiles never span batches.
+// Matrices of one 16-byte pack per row and at most kAdafactorCudaMatrixRows
+// rows (conv kernels [O, I, 3, 3], [O, I, 1, 1]) go a thread per matrix instead,
+// kAdafactorCudaThreads matrices per tile (tile_matrices): the thread sums,
+// writes and applies its matrix's states by itself, with no partials.
 #pragma once
 
 #include "common/adafactor_layout.h"
@@ -36,6 +38,8 @@ constexpr int64_t kAdafactorCudaThreadElems = 16;
 constexpr int64_t kAdafactorCudaTileRows = 384;
 // Columns per finalize block: one per thread.
 constexpr int64_t kAdafactorCudaFinCols = kAdafactorCudaThreads;
+// The most rows of a matrix a thread takes whole.
+constexpr int64_t kAdafactorCudaMatrixRows = 16;
 // Shared floats pass 1 keeps per tile row when a row spans several warps
 // (T >= 64, so tiles of less than 2 x kAdafactorCudaTileRows rows): at most 8 per row.
 constexpr int64_t kAdafactorCudaRowSlots = 2 * kAdafactorCudaTileRows * 8;
@@ -51,6 +55,15 @@ inline void adafactor_cuda_geometry(AdafactorEntry& e, const int64_t* sizes, int
   e.rows_per_step = 1;
   if (!e.factored || e.numel == 0) return;
   const int64_t packs = (e.cols + e.pack - 1) / e.pack;
+  if (packs == 1 && e.rows <= kAdafactorCudaMatrixRows) {  // a thread per matrix
+    e.tile_matrices = kAdafactorCudaThreads;
+    e.threads_per_row = 1;
+    e.tile_rows = e.rows;
+    e.tile_cols = e.cols;
+    e.row_tiles = e.col_tiles = 1;
+    e.units = (e.batches + e.tile_matrices - 1) / e.tile_matrices;
+    return;
+  }
   const int64_t max_slots = kAdafactorCudaThreadElems / e.pack;
   int64_t width = packs;  // packs per column tile
   if (packs <= kAdafactorCudaThreads) {
@@ -91,6 +104,12 @@ inline int64_t adafactor_cuda_col_partials(const AdafactorEntry& e) {
 }
 inline int64_t adafactor_cuda_row_sums(const AdafactorEntry& e) {
   return e.row_tiles > 1 ? e.batches * e.row_tiles : 0;
+}
+
+// A tile of a thread per matrix (tile_matrices > 0): the matrix of `thread`
+// (none when >= batches). adafactor_tile numbers these tiles in t.batch.
+PT_HOST_DEVICE int64_t thread_matrix(const AdafactorEntry& e, const Tile& t, int64_t thread) {
+  return t.batch * e.tile_matrices + thread;
 }
 
 // A thread's place in a factored tile.

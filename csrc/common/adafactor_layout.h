@@ -45,6 +45,7 @@ struct AdafactorEntry {
   int64_t row_sums;          // offset of its [batches * row_tiles] sums of the new row state
   int64_t col_chunks;        // column blocks of finalize 1 per batch
   int64_t first_fin_block, fin_blocks;
+  int64_t tile_matrices;     // > 0: a thread per matrix, this many matrices per tile
   int32_t factored;
   int32_t index;        // position in the call (its alpha and divisor live at 2*index)
 };

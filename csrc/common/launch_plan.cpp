@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+
 #include "common/adafactor_plan.h"
 
 #include <pybind11/stl.h>
@@ -141,13 +143,21 @@ pybind11::dict adafactor_for_python(const std::vector<std::vector<int64_t>>& sha
     d["threads_per_row"] = e.threads_per_row;
     d["packs_per_thread"] = e.packs_per_thread;
     d["rows_per_step"] = e.rows_per_step;
+    d["tile_matrices"] = e.tile_matrices;
     d["row_partials"] = e.row_partials;
     d["col_partials"] = e.col_partials;
     d["fin_blocks"] = e.fin_blocks;
-    pybind11::list tiles;  // per unit: (batch, row_begin, row_end, col_begin, col_end)
+    // per unit: (batch_begin, batch_end, row_begin, row_end, col_begin, col_end)
+    pybind11::list tiles;
     for (int64_t u = 0; u < e.units; ++u) {
       const Tile t = adafactor_tile(e, u);
-      tiles.append(pybind11::make_tuple(t.batch, t.row_begin, t.row_end, t.col_begin, t.col_end));
+      int64_t first = t.batch, last = t.batch + 1;
+      if (e.tile_matrices > 0) {
+        first = thread_matrix(e, t, 0);
+        last = std::min(thread_matrix(e, t, kAdafactorCudaThreads), e.batches);
+      }
+      tiles.append(pybind11::make_tuple(first, last, t.row_begin, t.row_end, t.col_begin,
+                                        t.col_end));
     }
     d["tiles"] = tiles;
     entries.append(d);

@@ -239,6 +239,46 @@ PT_DEVICE void factored_sums(const AdafactorLaunch& a, const AdafactorEntry& e, 
   }
 }
 
+// A thread per matrix of one pack per row: its row and column sums in
+// registers, its states and row mean written at once (no partials).
+template <class T>
+PT_DEVICE void matrix_sums(const AdafactorLaunch& a, const AdafactorEntry& e, const Tile& t,
+                           const T* g, const T* p, float gm, float* p_sq) {
+  constexpr int N = kPack<T>;
+  const int64_t b = thread_matrix(e, t, threadIdx.x);
+  if (b >= e.batches) return;
+  float beta2, one_minus_beta2;
+  step_beta2(a, e, &beta2, &one_minus_beta2);
+  const float eps1 = static_cast<float>(a.hyper.eps1);
+  float col[N] = {};
+  double row_total = 0.0;
+  for (int64_t i = 0; i < e.rows; ++i) {
+    const int64_t base = (b * e.rows + i) * e.cols;
+    float gv[N], pv[N];
+    load_cols<N>(g + base, 0, e.cols, false, gv);
+    load_cols<N>(p + base, 0, e.cols, false, pv);
+    float row = 0.0f;
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      const float x = gv[k] * gm;
+      col[k] += x * x;
+      row += x * x;
+      *p_sq += pv[k] * pv[k];
+    }
+    float* state = e.state_row + b * e.rows + i;
+    *state = factor_state(*state, row, e.cols, beta2, one_minus_beta2, eps1);
+    row_total += *state;
+  }
+  a.work.mean_row[e.first_batch + b] = static_cast<float>(row_total / static_cast<double>(e.rows));
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    if (k < e.cols) {
+      float* state = e.state_col + b * e.cols + k;
+      *state = factor_state(*state, col[k], e.rows, beta2, one_minus_beta2, eps1);
+    }
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(kThreads) sums_kernel(AdafactorLaunch a) {
   if (skipped(a.scalars)) return;
@@ -257,7 +297,9 @@ __global__ void __launch_bounds__(kThreads) sums_kernel(AdafactorLaunch a) {
   const float gm = grad_multiplier(a.scalars);
   float p_sq = 0.0f;
 
-  if (e.factored) {
+  if (e.tile_matrices > 0) {  // block-uniform
+    matrix_sums<T>(a, e, t, g, p, gm, &p_sq);
+  } else if (e.factored) {
     factored_sums<T>(a, e, t, g, p, gm, &p_sq, row_part, col_part, reduce);
   } else {
     // not factored: the full state v and the sum of U^2 right away
@@ -359,10 +401,22 @@ PT_DEVICE void col_factors(const AdafactorEntry& e, const Tile& t, int64_t lane,
   }
 }
 
+PT_DEVICE float matrix_row_factor(const AdafactorLaunch& a, const AdafactorEntry& e,
+                                  int64_t batch, int64_t i) {
+  return adafactor_inv_sqrt(e.state_row[batch * e.rows + i] /
+                            a.work.mean_row[e.first_batch + batch]);
+}
 PT_DEVICE float row_factor(const AdafactorLaunch& a, const AdafactorEntry& e, const Tile& t,
                            int64_t i) {
-  return adafactor_inv_sqrt(e.state_row[t.batch * e.rows + i] /
-                            a.work.mean_row[e.first_batch + t.batch]);
+  return matrix_row_factor(a, e, t.batch, i);
+}
+// The column factors of matrix b (one pack per row; zeros past its columns).
+template <int N>
+PT_DEVICE void matrix_col_factors(const AdafactorEntry& e, int64_t b, float (&out)[N]) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    out[k] = k < e.cols ? adafactor_inv_sqrt(e.state_col[b * e.cols + k]) : 0.0f;
+  }
 }
 
 // ------------------------------------------------------------------ pass 2
@@ -380,10 +434,30 @@ __global__ void __launch_bounds__(kThreads) norm_kernel(AdafactorLaunch a) {
   const T* g = static_cast<const T*>(e.grad);
   const float gm = grad_multiplier(a.scalars);
   const bool packed = e.cols % N == 0 && aligned16(g);
+  float u_sq = 0.0f;
+  if (e.tile_matrices > 0) {  // block-uniform: a thread per matrix
+    const int64_t b = thread_matrix(e, t, threadIdx.x);
+    if (b < e.batches) {
+      float cf[N];
+      matrix_col_factors(e, b, cf);
+      for (int64_t i = 0; i < e.rows; ++i) {
+        const float r = matrix_row_factor(a, e, b, i);
+        float gv[N];
+        load_cols<N>(g + (b * e.rows + i) * e.cols, 0, e.cols, false, gv);
+#pragma unroll
+        for (int k = 0; k < N; ++k) {
+          const float U = (r * cf[k]) * (gv[k] * gm);
+          u_sq += U * U;
+        }
+      }
+    }
+    const float total = block_sum(u_sq, reduce);
+    if (threadIdx.x == 0) a.work.u_sq[e.first_unit + local] = total;
+    return;
+  }
   const AdafactorLane l = adafactor_lane(e, threadIdx.x);
   float cf[M][N];
   col_factors(e, t, l.lane, cf);
-  float u_sq = 0.0f;
   const int64_t steps = tile_steps(e, t);
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t i = step_row(e, t, l, s);
@@ -481,7 +555,15 @@ __global__ void __launch_bounds__(kThreads) update_kernel(AdafactorLaunch a) {
     if (write_back) store_cols<N>(g + base, c0, c_end, packed, gv);
   };
 
-  if (e.factored) {
+  if (e.tile_matrices > 0) {  // a thread per matrix
+    const int64_t b = thread_matrix(e, t, threadIdx.x);
+    if (b >= e.batches) return;
+    float cf[N];
+    matrix_col_factors(e, b, cf);
+    for (int64_t i = 0; i < e.rows; ++i) {
+      update_cols((b * e.rows + i) * e.cols, 0, e.cols, matrix_row_factor(a, e, b, i), cf);
+    }
+  } else if (e.factored) {
     constexpr int M = kAdafactorCudaThreadElems / N;
     const AdafactorLane l = adafactor_lane(e, threadIdx.x);
     float cf[M][N];
