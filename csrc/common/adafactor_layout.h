@@ -3,7 +3,9 @@
 // check the indexing the GPU uses).
 //
 // A parameter with 2 or more dims is factored: viewed as `batches` matrices of
-// `rows` x `cols` (leading dims batched), cut into tiles of tile_rows x tile_cols.
+// `rows` x `cols` (leading dims batched), cut into tiles of tile_rows x tile_cols
+// (the CPU's tiles below; CUDA's taller ones, their threads and their partial
+// sums: common/adafactor_cuda_layout.h).
 // A vector or scalar is one 1 x numel row cut into chunks of tile_cols.
 // Each tile is one unit (a CUDA block, a CPU task). Per step, over three passes:
 //   pass 1 (reads g, p): per tile, row sums and column sums of g^2 and the sum
