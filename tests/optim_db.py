@@ -171,7 +171,7 @@ _ANYPRECISION = dict(cls=AnyPrecisionAdamW, reference=_anyprecision, dtypes=LOW_
                      same_bits_on_every_isa={}, exact_on_cpu=True, capturable=True)
 _ADAFACTOR = dict(cls=Adafactor, reference=_adafactor, dtypes=LOW_PRECISION,
                   states=_adafactor_states, registry_name="adafactor", factored=True,
-                  finite_only=True, rtol_f32=2e-5)
+                  finite_only=True, rtol_f32=2e-5, capturable=True)
 
 # The first configuration of each class is the one with the most states.
 OPTIMS = [
