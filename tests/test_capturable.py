@@ -63,6 +63,25 @@ def test_capturable_must_be_a_bool(info):
     assert info.make(p, capturable=True).param_groups[0]["capturable"] is True
 
 
+@pytest.mark.parametrize("info", one_per_class(CAPTURABLE), ids=repr)
+def test_groups_saved_without_the_flag_load_as_not_capturable(info):
+    """State dicts and pickles from before the flag (or from torch optimizers
+    without it) load with capturable=False, as torch.optim's __setstate__ does."""
+    import pickle
+    params = [torch.nn.Parameter(torch.randn(4, 3))]
+    params[0].grad = torch.randn(4, 3)
+    opt = info.make(params, capturable=True)
+    opt.step()
+    saved = opt.state_dict()
+    del saved["param_groups"][0]["capturable"]
+    again = info.make(params, capturable=True)
+    again.load_state_dict(saved)
+    assert again.param_groups[0]["capturable"] is False
+    del opt.param_groups[0]["capturable"]
+    assert pickle.loads(pickle.dumps(opt)).param_groups[0]["capturable"] is False
+    again.step()
+
+
 @optims(CAPTURABLE)
 def test_a_capturable_cpu_step_is_the_same_step(info):
     """On the CPU capturable=True runs the same kernels on the same scalars: bit

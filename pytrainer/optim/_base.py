@@ -397,6 +397,8 @@ class KernelOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        for group in self.param_groups:  # saved before the flag existed
+            group.setdefault("capturable", False)
         self._track_state()
         _note_state_lists(self._op_name)
 
