@@ -343,3 +343,23 @@ def test_eager_steps_on_another_stream_after_a_capture():
     torch.cuda.synchronize()
     _assert_same_state(eager, captured, twin, params)
     assert math.isclose(captured.state[params[0]]["step"].item(), 4.0)
+
+
+@pytest.mark.cuda
+def test_a_direct_op_call_is_refused_under_capture():
+    """Without a table slot (direct calls, the compiled step) the table lives in a
+    shared cache a graph would outlive: its capture is an error that says so."""
+    _needs_cuda()
+    p = torch.randn(100, device="cuda")
+    args = dict(params=[p], grads=[torch.randn_like(p)], exp_avgs=[torch.zeros_like(p)],
+                exp_avg_sqs=[torch.zeros_like(p)], max_exp_avg_sqs=[],
+                state_steps=[torch.zeros((), device="cuda")], lr=1e-3, lr_tensor=None,
+                beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False,
+                maximize=False)
+    torch.ops.pytrainer.adamw_(**args)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError) as error:
+        with torch.cuda.graph(graph):
+            torch.ops.pytrainer.adamw_(**args)
+    assert "without a table slot (table_slot=-1" in _messages(error.value)
