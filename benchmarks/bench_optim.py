@@ -10,6 +10,11 @@ that reads all four and writes three
 (``pytrainer.memory_pass_``: an AdamW step's streams, on the kernels' threads),
 on CUDA a device copy of 1 GiB.
 
+On CUDA the sets of many small tensors and GPT-2 small, where launch overhead
+matters, also time a captured step (``capturable=True``, the step captured in a
+CUDA graph and replayed) of FusedAdamW beside torch's fused AdamW captured the
+same way.
+
 pytrainer's CPU kernels run with the instruction set the machine picks, or with
 each one named by ``--isa`` (``all``: every one this CPU can run), in the same
 rounds; ``PYTRAINER_CPU_ISA`` forces one for a whole process.
@@ -211,6 +216,46 @@ def candidates(dtype: torch.dtype) -> list[Candidate]:
     return cands
 
 
+#: the sets where a captured step is timed too: many small tensors, a small model
+CAPTURED_SETS = ("4000x4096", "400x256", "gpt2")
+CAPTURED_ANCHOR = "torch AdamW fused captured"
+
+
+class CapturedStep:
+    """An optimizer's step captured in a CUDA graph after one eager warm-up step
+    on a side stream (what torch.cuda.graph asks for); ``step()`` replays it."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            optimizer.step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            optimizer.step()
+
+    def step(self):
+        self.graph.replay()
+
+
+def captured_candidates(dtype: torch.dtype, device: str, set_name: str) -> list[Candidate]:
+    """FusedAdamW and torch's fused AdamW, both capturable=True, their steps
+    captured and replayed: on CUDA, for the sets of CAPTURED_SETS."""
+    if device != "cuda" or set_name not in CAPTURED_SETS:
+        return []
+    adamw_bytes = 28 if dtype == torch.float32 else 14
+    return [
+        Candidate("pytrainer FusedAdamW captured",
+                  lambda ps: CapturedStep(FusedAdamW(ps, lr=1e-3, capturable=True)),
+                  adamw_bytes, CAPTURED_ANCHOR),
+        Candidate(CAPTURED_ANCHOR, lambda ps: CapturedStep(
+            torch.optim.AdamW(ps, lr=1e-3, fused=True, capturable=True)), adamw_bytes,
+            CAPTURED_ANCHOR),
+    ]
+
+
 # ----------------------------------------------------------------- timing
 
 
@@ -275,14 +320,22 @@ def is_slow(cand: Candidate) -> bool:
 
 
 def bench_set(device, dtype, shapes, candidates, rounds, steps_per_round, timer, copy,
-              twins=()):
+              twins=(), errors=None):
     """Median step time per candidate (and of the copy) over interleaved rounds.
-    ``twins``: candidates timed on one tensor of the same size, named "<name> (1 tensor)"."""
+    ``twins``: candidates timed on one tensor of the same size, named "<name> (1 tensor)".
+    A captured candidate whose capture fails is left out and its error appended
+    to ``errors`` (the other figures are still measured)."""
     copy_fn, copy_bytes = copy
     runs = []
     for cand in candidates:
         params = make_params(shapes, dtype, device)
-        runs.append((cand, cand.make(params)))
+        try:
+            runs.append((cand, cand.make(params)))
+        except RuntimeError as error:
+            if cand.anchor != CAPTURED_ANCHOR or errors is None:
+                raise
+            errors.append(f"{cand.name}, {len(shapes)} tensors, {dtype}: {error}")
+            print(f"FAILED {errors[-1]}")
     for cand in twins:
         params = make_params(one_tensor_twin(shapes), dtype, device)
         twin = Candidate(f"{cand.name} (1 tensor)", cand.make, cand.bytes_per_param, cand.anchor,
@@ -422,7 +475,7 @@ def main(argv=None):
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    all_rows = []
+    all_rows, errors = [], []
     for device in devices:
         timer = Timer(device)
         copy = memory_reference_fn(device, args.quick)
@@ -432,6 +485,7 @@ def main(argv=None):
             for dtype_name in args.dtypes:
                 dtype = getattr(torch, dtype_name)
                 cands = for_isas(candidates(dtype), isas if device == "cpu" else None)
+                cands += captured_candidates(dtype, device, set_name)
                 if set_name in MODEL_SETS:
                     cands = [c for c in cands if not is_slow(c)]
                 # the many-tensor set: pytrainer and torch fused also on one tensor, same rounds
@@ -439,7 +493,8 @@ def main(argv=None):
                 twins = [c for c in cands if c.name in ("pytrainer FusedAdamW", "torch AdamW fused")
                          and c.isa != "DEFAULT"] if many else ()
                 times, copy_times, copy_bytes = bench_set(
-                    device, dtype, shapes, cands, args.rounds, args.steps, timer, copy, twins)
+                    device, dtype, shapes, cands, args.rounds, args.steps, timer, copy, twins,
+                    errors)
                 rows = summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, cands)
                 for r in rows:
                     r["device"] = device
@@ -454,10 +509,13 @@ def main(argv=None):
                for r in all_rows if r.get("time_over_one_tensor")]
     for line in summary:
         print(line)
-    result = dict(environment=environment(devices[-1], isas), rows=all_rows, summary=summary)
+    result = dict(environment=environment(devices[-1], isas), rows=all_rows, summary=summary,
+                  errors=errors)
     (out / "bench_optim.json").write_text(json.dumps(result, indent=2))
     print(f"json: {out / 'bench_optim.json'}")
     plot(all_rows, out / "bench_optim.png")
+    if errors:
+        sys.exit(f"{len(errors)} captured candidate(s) failed: see above and 'errors' in the JSON")
     return result
 
 

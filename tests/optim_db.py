@@ -67,6 +67,8 @@ class OptimInfo:
     rtol_f32: float = 1e-6
     #: the dtypes whose results the reference reproduces within a rounding (None: all)
     reference_dtypes: tuple[torch.dtype, ...] | None = None
+    #: takes ``capturable=True``: its step can be captured in a CUDA graph and replayed
+    capturable: bool = False
 
     def __repr__(self) -> str:
         return self.name
@@ -163,13 +165,13 @@ _ADAMW = dict(cls=FusedAdamW, reference=_adamw, dtypes=ALL_FLOATS,
               registry_name="adamw_custom_fused",
               # beta1 = 0 makes the lerp a copy: the SIMD builds fuse a multiply-add
               # in it (as torch's vectorised lerp), the portable one does not
-              same_bits_on_every_isa=dict(betas=(0.0, 0.5)))
+              same_bits_on_every_isa=dict(betas=(0.0, 0.5)), capturable=True)
 _ANYPRECISION = dict(cls=AnyPrecisionAdamW, reference=_anyprecision, dtypes=LOW_PRECISION,
                      states=_anyprecision_states, registry_name="adamw_anyprecision",
-                     same_bits_on_every_isa={}, exact_on_cpu=True)
+                     same_bits_on_every_isa={}, exact_on_cpu=True, capturable=True)
 _ADAFACTOR = dict(cls=Adafactor, reference=_adafactor, dtypes=LOW_PRECISION,
                   states=_adafactor_states, registry_name="adafactor", factored=True,
-                  finite_only=True, rtol_f32=2e-5)
+                  finite_only=True, rtol_f32=2e-5, capturable=True)
 
 # The first configuration of each class is the one with the most states.
 OPTIMS = [

@@ -139,3 +139,69 @@ def test_model_shaped_sets_are_the_real_models():
     assert len(resnet) == 161 and sum(math.prod(s) for s in resnet) == 25_557_032
     convs = [s for s in resnet if len(s) == 4]
     assert len(convs) == 53 and convs[0] == (64, 3, 7, 7) and (512, 512, 3, 3) in convs
+
+
+@pytest.fixture
+def bench_optim():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_optim
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return bench_optim
+
+
+def test_captured_steps_are_timed_on_cuda_where_launches_matter(bench_optim):
+    """FusedAdamW captured in a CUDA graph against torch's fused AdamW captured
+    the same way, for the sets of many small tensors and GPT-2 small; nowhere
+    on the CPU."""
+    pair = [("pytrainer FusedAdamW captured", "torch AdamW fused captured"),
+            ("torch AdamW fused captured", "torch AdamW fused captured")]
+    for set_name in ("4000x4096", "400x256", "gpt2"):
+        for dtype in (torch.float32, torch.bfloat16):
+            found = bench_optim.captured_candidates(dtype, "cuda", set_name)
+            assert [(c.name, c.anchor) for c in found] == pair
+            assert {c.bytes_per_param for c in found} == {28 if dtype == torch.float32 else 14}
+    assert bench_optim.captured_candidates(torch.float32, "cuda", "llama") == []
+    assert bench_optim.captured_candidates(torch.float32, "cpu", "gpt2") == []
+
+
+def test_a_failed_capture_is_reported_beside_the_other_figures(bench_optim):
+    """A captured candidate whose capture raises is left out and named in the
+    errors; any other candidate's error still stops the run."""
+    if not ops.available():
+        pytest.skip("compiled kernels not built")
+
+    def fails(_):
+        raise RuntimeError("capture refused")
+
+    cands = [bench_optim.Candidate("pytrainer FusedAdamW", lambda ps: torch.optim.SGD(ps, lr=0.1),
+                                   28, "pytrainer FusedAdamW"),
+             bench_optim.Candidate("pytrainer FusedAdamW captured", fails, 28,
+                                   bench_optim.CAPTURED_ANCHOR)]
+    copy = (lambda: None, 1)
+    errors = []
+    times, _, _ = bench_optim.bench_set("cpu", torch.float32, [(8,)], cands, 1, 1,
+                                        bench_optim.Timer("cpu"), copy, errors=errors)
+    assert list(times) == ["pytrainer FusedAdamW"]
+    assert errors == ["pytrainer FusedAdamW captured, 1 tensors, torch.float32: capture refused"]
+    cands[1].anchor = "torch AdamW fused"
+    with pytest.raises(RuntimeError, match="capture refused"):
+        bench_optim.bench_set("cpu", torch.float32, [(8,)], cands, 1, 1,
+                              bench_optim.Timer("cpu"), copy, errors=[])
+
+
+@pytest.mark.cuda
+def test_bench_optim_times_captured_steps_on_cuda(tmp_path):
+    if not (torch.cuda.is_available() and ops.has_kernels("cuda")):
+        pytest.skip("needs an NVIDIA GPU and pytrainer's CUDA kernels")
+    run_benchmark("bench_optim.py", "--quick", "--devices", "cuda", "--sets", "400x256", "gpt2",
+                  "--dtypes", "float32", "--rounds", "1", "--steps", "2", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "bench_optim.json").read_text())
+    assert data["errors"] == []
+    for set_name in ("400x256", "gpt2"):
+        rows = {r["optimizer"]: r for r in data["rows"] if r["set"] == set_name}
+        mine = rows["pytrainer FusedAdamW captured"]
+        assert mine["anchor"] == "torch AdamW fused captured"
+        assert mine["ms_per_step"] > 0 and mine["speedup_vs_anchor"] > 0
+        assert rows["torch AdamW fused captured"]["ms_per_step"] > 0

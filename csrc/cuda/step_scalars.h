@@ -19,9 +19,14 @@ struct DeviceScalars {
   at::Tensor lr_tensor, grad_scale, found_inf;
 };
 
-// A CPU lr tensor is a host value; a device one is read by the kernels (no
-// sync). grad_scale and found_inf are float32 on the device (converted if not).
-DeviceScalars device_scalars(const StepArgs& args, const at::Device& device);
+// Whether `stream` is capturing a CUDA graph.
+bool stream_is_capturing(cudaStream_t stream);
+
+// A CPU lr tensor is a host value (refused under capture, where the graph would
+// freeze it); a device one is read by the kernels (no sync). grad_scale and
+// found_inf are float32 on the device (converted if not).
+DeviceScalars device_scalars(const StepArgs& args, const at::Device& device,
+                             cudaStream_t stream);
 
 // One op call on the device of params[0] (the checks put every tensor there).
 struct CudaCall {
@@ -29,7 +34,7 @@ struct CudaCall {
       : device(params[0].device()),
         guard(device),
         stream(c10::cuda::getCurrentCUDAStream(device.index())),
-        ds(device_scalars(args, device)),
+        ds(device_scalars(args, device, stream)),
         write_back_grads(args.write_back_grads),
         table_slot(args.table_slot) {}
 

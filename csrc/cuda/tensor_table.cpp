@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <list>
+#include <memory>
 #include <mutex>
 
 #include "common/launch_plan.h"
@@ -70,34 +71,94 @@ at::Tensor upload(int64_t bytes, const std::function<void(uint8_t*)>& build,
   return buffer;
 }
 
+namespace {
+
+// Destroys an upload's event when the last table holding it goes.
+void destroy_event(void* event) {
+  // nothing to report to: an error here means the context is already gone
+  (void)cudaEventDestroy(static_cast<cudaEvent_t>(event));
+}
+
+// An event marking the end of the work queued so far on `stream`.
+std::shared_ptr<void> record_upload(cudaStream_t stream) {
+  cudaEvent_t event = nullptr;
+  C10_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  std::shared_ptr<void> owned(event, &destroy_event);
+  C10_CUDA_CHECK(cudaEventRecord(event, stream));
+  return owned;
+}
+
+// The slot's own table for this launch, rebuilt only when its content changed.
+// Streams: a table is uploaded on the stream of the call that builds it, and
+// read by later calls on any stream; a call on another stream than the last
+// reader waits for the upload's event and records its stream on the buffer, so
+// torch's caching allocator reuses the memory only after those reads too.
+// Under capture the table must exist already (building it would copy on a
+// capturing stream and allocate in the graph's pool); the graph waits for the
+// upload through an external event node, so every replay, on whatever stream,
+// is ordered after it, and the table is kept while the slot lives.
+DeviceBytes upload_to_slot(std::string full_key, int64_t bytes,
+                           const std::function<void(uint8_t*)>& build, const at::Device& device,
+                           const TablePlace& place, const c10::cuda::CUDAStream& stream,
+                           bool capturing) {
+  std::lock_guard<std::mutex> lock(table_slots_mutex());
+  TORCH_CHECK(!capturing || slot_capturable_locked(place.slot),
+              "pytrainer: this optimizer was made with capturable=False, so its step cannot be "
+              "captured in a CUDA graph; construct it with capturable=True (and run one eager "
+              "step before the capture)");
+  SlotTable& table = slot_table(place.slot, place.launch);
+  if (!table.buffer.defined() || table.key != full_key) {
+    TORCH_CHECK(!capturing,
+                "pytrainer: a captured optimizer step needs the tables of an eager step with the "
+                "same params, grads and states (a warm-up step before the capture), and ",
+                table.buffer.defined()
+                    ? "this param group's tensors changed since its last eager step (new params, "
+                      "replaced grads, or a state reload): keep the grads of the warm-up step "
+                      "(zero them in place with zero_grad(set_to_none=False) rather than setting "
+                      "them to None), or run an eager step on the new tensors before the capture"
+                    : "this param group has not stepped yet: run one eager step before the capture");
+    // a graph may still read the old table: keep it until the slot is released
+    if (table.captured) retire_slot_table(place.slot, table);
+    table.buffer = upload(bytes, build, device);
+    table.key = std::move(full_key);
+    table.uploaded = record_upload(stream.stream());
+    table.reader = stream.stream();
+  } else if (capturing) {
+    C10_CUDA_CHECK(cudaStreamWaitEvent(stream.stream(),
+                                       static_cast<cudaEvent_t>(table.uploaded.get()),
+                                       cudaEventWaitExternal));
+    table.captured = true;
+  } else if (table.reader != stream.stream()) {
+    C10_CUDA_CHECK(cudaStreamWaitEvent(stream.stream(),
+                                       static_cast<cudaEvent_t>(table.uploaded.get()), 0));
+    table.buffer.record_stream(stream.unwrap());
+    table.reader = stream.stream();
+  }
+  return DeviceBytes{table.buffer.data_ptr<uint8_t>(), table.buffer};
+}
+
+}  // namespace
+
 DeviceBytes upload_cached(const std::string& key, int64_t bytes,
                           const std::function<void(uint8_t*)>& build, const at::Device& device,
                           const TablePlace& place) {
-  const auto stream = c10::cuda::getCurrentCUDAStream(device.index());
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream.stream(), &capture));
-  TORCH_CHECK(capture == cudaStreamCaptureStatusNone,
-              "pytrainer: optimizer steps cannot be captured in a CUDA graph (their tensor "
-              "tables live in a cache the graph would outlive); run step() outside the capture");
-  // A table is only read on the stream it was copied on: keying by stream keeps
-  // its lifetime ordered with the kernels that read it.
+  const c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream(device.index());
+  const bool capturing = stream_is_capturing(stream.stream());
   std::string full_key = key;
+  if (place.slot != kNoTableSlot) {
+    const int64_t where = device.index();
+    full_key.append(reinterpret_cast<const char*>(&where), sizeof(where));
+    return upload_to_slot(std::move(full_key), bytes, build, device, place, stream, capturing);
+  }
+  TORCH_CHECK(!capturing,
+              "pytrainer: an op call without a table slot (table_slot=-1, as direct calls and "
+              "torch.compile make) cannot be captured in a CUDA graph: its table lives in a "
+              "shared cache the graph would outlive; capture an eager step of an optimizer made "
+              "with capturable=True");
+  // A shared table is only read on the stream it was copied on: keying by stream
+  // keeps its lifetime ordered with the kernels that read it.
   const int64_t where[2] = {device.index(), static_cast<int64_t>(stream.id())};
   full_key.append(reinterpret_cast<const char*>(where), sizeof(where));
-
-  if (place.slot != kNoTableSlot) {
-    // The slot's own table for this launch, rebuilt only when its content
-    // changed. Replacing frees the old one safely: it was allocated and read on
-    // the stream its key names, and torch's caching allocator reuses the memory
-    // on that stream only, after those reads.
-    std::lock_guard<std::mutex> lock(table_slots_mutex());
-    SlotTable& table = slot_table(place.slot, place.launch);
-    if (!table.buffer.defined() || table.key != full_key) {
-      table.buffer = upload(bytes, build, device);
-      table.key = std::move(full_key);
-    }
-    return DeviceBytes{table.buffer.data_ptr<uint8_t>(), table.buffer};
-  }
 
   const size_t hash = std::hash<std::string>{}(full_key);
   std::lock_guard<std::mutex> lock(g_mutex);

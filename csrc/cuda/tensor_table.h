@@ -39,9 +39,10 @@ struct TablePlace {
 
 // Device memory holding the bytes `build()` writes, for a table whose identity
 // is `key` (the entries' bytes): `build` runs only when the place's slot holds
-// no table with this key on this device and stream (without a slot: when the
-// shared cache has none). Refuses to run under CUDA graph capture (a captured
-// launch would keep reading a buffer the cache may free).
+// no table with this key on this device (without a slot: when the shared cache
+// has none on this device and stream). Under CUDA graph capture only a slot of
+// a capturable group is accepted, and its table must have been built before
+// (table_slots.h says how it then outlives the graph's replays).
 DeviceBytes upload_cached(const std::string& key, int64_t bytes,
                           const std::function<void(uint8_t*)>& build, const at::Device& device,
                           const TablePlace& place);

@@ -93,19 +93,24 @@ def _aligned_views(sizes: list[int], dtype: torch.dtype, device: torch.device) -
 
 
 class _TableSlots:
-    """The table slots of one optimizer's groups, by group identity."""
+    """The table slots of one optimizer's groups, by group identity, each marked
+    with its group's ``capturable`` flag (the CUDA kernels refuse a capture of a
+    slot that is not)."""
 
     def __init__(self) -> None:
-        self._slots: dict[int, int] = {}
+        self._slots: dict[int, tuple[int, bool]] = {}
 
     def of(self, group: dict[str, Any]) -> int:
-        slot = self._slots.get(id(group))
-        if slot is None:
-            slot = self._slots[id(group)] = ops.kernels.new_table_slot()
-        return slot
+        capturable = bool(group.get("capturable", False))
+        entry = self._slots.get(id(group))
+        if entry is None or entry[1] != capturable:
+            slot = ops.kernels.new_table_slot() if entry is None else entry[0]
+            ops.kernels.set_table_slot_capturable(slot, capturable)
+            entry = self._slots[id(group)] = (slot, capturable)
+        return entry[0]
 
     def release(self) -> None:
-        for slot in self._slots.values():
+        for slot, _ in self._slots.values():
             if ops.kernels is not None:
                 ops.kernels.release_table_slot(slot)
         self._slots.clear()
@@ -258,7 +263,8 @@ class KernelOptimizer(torch.optim.Optimizer):
         """The group's table slot (csrc/table_slots.h): where the CUDA kernels keep
         the group's device tables between steps, rebuilt only when a tensor of the
         group moved or changed size. Taken on the group's first step, freed with
-        the optimizer; not part of the optimizer's pickled or saved state."""
+        the optimizer (so a captured CUDA graph must not outlive it); not part of
+        the optimizer's pickled or saved state."""
         slots = self.__dict__.get("_table_slots")
         if slots is None:
             slots = self._table_slots = _TableSlots()
@@ -391,6 +397,8 @@ class KernelOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        for group in self.param_groups:  # saved before the flag existed
+            group.setdefault("capturable", False)
         self._track_state()
         _note_state_lists(self._op_name)
 

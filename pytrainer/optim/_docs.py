@@ -24,3 +24,18 @@ _kernels_doc = r"""All parameters of a group with a gradient are updated by a si
     the tensors of each dtype from one table). Under ``torch.amp.GradScaler`` the
     kernels unscale the gradients and skip a step with inf/NaN gradients on the
     device, without a host synchronisation."""
+
+_capturable_doc = r"""capturable (bool, optional): whether a step may be captured in a CUDA
+            graph and replayed, as ``torch.optim.AdamW(capturable=True)``: the step
+            counts, ``lr`` when it is a tensor on the parameters' device, and the
+            GradScaler's scale and inf flag are read on the device at every replay,
+            and the step counts advance inside the graph (a float ``lr`` is fixed
+            in the graph when captured). Run one eager step before the capture (it
+            builds the tables the graph reads); then the graph stays valid only while
+            the group's params, grads and states are the same tensors: new params,
+            grads set to None and recreated (zero them in place with
+            ``zero_grad(set_to_none=False)``) or a state reload need a new capture,
+            and the optimizer must outlive the graph. A capture the eager step did
+            not prepare for raises an error, and so does capturing a step with
+            ``capturable=False``. Unlike torch, ``capturable=True`` is also accepted on
+            the CPU, where nothing is captured and the step is the same (default: False)"""

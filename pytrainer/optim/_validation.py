@@ -33,6 +33,11 @@ def check_lr(lr: Any, *, allow_none: bool = False) -> None:
         raise ValueError(f"Invalid learning rate: lr={lr!r}; it must be a finite number >= 0")
 
 
+def check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def check_eps(name: str, eps: Any) -> None:
     value = as_float(name, eps)
     if not (value > 0.0) or math.isinf(value):

@@ -8,10 +8,11 @@ import torch
 from torch import Tensor
 
 from pytrainer.optim._base import _DTensor, KernelOptimizer, State
-from pytrainer.optim._docs import _kernels_doc, _lr_doc, _params_doc, _weight_decay_doc
+from pytrainer.optim._docs import (_capturable_doc, _kernels_doc, _lr_doc, _params_doc,
+                                   _weight_decay_doc)
 from pytrainer.optim._validation import (check_adafactor_eps, check_adafactor_step_size,
                                          check_beta, check_clip_threshold, check_decay_rate,
-                                         check_weight_decay)
+                                         check_flag, check_weight_decay)
 
 __all__ = ["Adafactor"]
 
@@ -42,7 +43,7 @@ class Adafactor(KernelOptimizer):
                  eps: tuple[float, float] = (1e-30, 1e-3), clip_threshold: float = 1.0,
                  decay_rate: float = -0.8, beta1: float | None = None, weight_decay: float = 0.0,
                  scale_parameter: bool = True, relative_step: bool = True,
-                 warmup_init: bool = False) -> None:
+                 warmup_init: bool = False, *, capturable: bool = False) -> None:
         check_adafactor_step_size(lr, relative_step, warmup_init)
         check_adafactor_eps(eps)
         check_clip_threshold(clip_threshold)
@@ -50,10 +51,11 @@ class Adafactor(KernelOptimizer):
         if beta1 is not None:
             check_beta("beta1", beta1)
         check_weight_decay(weight_decay)
+        check_flag("capturable", capturable)
         defaults = dict(lr=lr, eps=tuple(eps), clip_threshold=clip_threshold,
                         decay_rate=decay_rate, beta1=beta1, weight_decay=weight_decay,
                         scale_parameter=scale_parameter, relative_step=relative_step,
-                        warmup_init=warmup_init)
+                        warmup_init=warmup_init, capturable=capturable)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -87,8 +89,9 @@ Adafactor.__doc__ = rf"""Adafactor as ``transformers.optimization.Adafactor`` de
     Per parameter, with :math:`t` the step count after this step:
 
     - step size: ``rho = min(1e-6*t if warmup_init else 1e-2, 1/sqrt(t))`` when
-      ``relative_step``, else ``lr``; ``alpha = rho * max(eps[1], RMS(p))`` when
-      ``scale_parameter``, else ``rho``; ``beta2t = 1 - t**decay_rate``.
+      ``relative_step`` (computed on the device from the step count there), else
+      ``lr``; ``alpha = rho * max(eps[1], RMS(p))`` when ``scale_parameter``, else
+      ``rho``; ``beta2t = 1 - t**decay_rate``.
     - second moment of ``g*g + eps[0]``: factored for parameters of 2 or more dims
       (row state ``R`` over the last dim, column state ``C`` over the second last,
       leading dims batched), ``U = g / sqrt(R/mean(R) ⊗ C)``; a full state ``V``
@@ -124,4 +127,5 @@ Adafactor.__doc__ = rf"""Adafactor as ``transformers.optimization.Adafactor`` de
         relative_step (bool, optional): the step size from the step count instead of
             ``lr`` (default: True)
         warmup_init (bool, optional): warm the relative step up linearly (default: False)
+        {_capturable_doc}
     """

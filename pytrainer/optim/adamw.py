@@ -7,9 +7,10 @@ import torch
 from torch import Tensor
 
 from pytrainer.optim._base import KernelOptimizer, State
-from pytrainer.optim._docs import (_betas_doc, _eps_doc, _kernels_doc, _lr_doc, _maximize_doc,
-                                   _params_doc, _weight_decay_doc)
-from pytrainer.optim._validation import check_betas, check_eps, check_lr, check_weight_decay
+from pytrainer.optim._docs import (_betas_doc, _capturable_doc, _eps_doc, _kernels_doc, _lr_doc,
+                                   _maximize_doc, _params_doc, _weight_decay_doc)
+from pytrainer.optim._validation import (check_betas, check_eps, check_flag, check_lr,
+                                         check_weight_decay)
 
 __all__ = ["FusedAdamW"]
 
@@ -22,14 +23,15 @@ class FusedAdamW(KernelOptimizer):
 
     def __init__(self, params, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, capturable: bool = False) -> None:
         check_lr(lr)
         check_eps("eps", eps)
         check_betas(betas)
         check_weight_decay(weight_decay)
+        check_flag("capturable", capturable)
         # torch.optim.AdamW's group keys, so state dicts load into either class.
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, foreach=None, capturable=False, differentiable=False,
+                        maximize=maximize, foreach=None, capturable=capturable, differentiable=False,
                         fused=None, decoupled_weight_decay=True)
         super().__init__(params, defaults)
 
@@ -74,4 +76,5 @@ FusedAdamW.__doc__ = rf"""AdamW with decoupled weight decay, exactly as :class:`
         amsgrad (bool, optional): use the running maximum of the second moment in
             the denominator (AMSGrad) (default: False)
         {_maximize_doc}
+        {_capturable_doc}
     """

@@ -11,9 +11,10 @@ from torch import Tensor
 
 from pytrainer._suggest import invalid_choice_message
 from pytrainer.optim._base import KernelOptimizer, State
-from pytrainer.optim._docs import (_betas_doc, _eps_doc, _kernels_doc, _lr_doc, _params_doc,
-                                   _weight_decay_doc)
-from pytrainer.optim._validation import check_betas, check_eps, check_lr, check_weight_decay
+from pytrainer.optim._docs import (_betas_doc, _capturable_doc, _eps_doc, _kernels_doc, _lr_doc,
+                                   _params_doc, _weight_decay_doc)
+from pytrainer.optim._validation import (check_betas, check_eps, check_flag, check_lr,
+                                         check_weight_decay)
 
 __all__ = ["AnyPrecisionAdamW", "STATE_DTYPES", "resolve_state_dtype"]
 
@@ -64,14 +65,13 @@ class AnyPrecisionAdamW(KernelOptimizer):
                  momentum_dtype: torch.dtype | str = torch.float32,
                  variance_dtype: torch.dtype | str = torch.bfloat16,
                  compensation_buffer_dtype: torch.dtype | str = torch.bfloat16, *,
-                 rounding: str = "nearest", seed: int = 0) -> None:
+                 rounding: str = "nearest", seed: int = 0, capturable: bool = False) -> None:
         check_lr(lr)
         check_eps("eps", eps)
         check_betas(betas)
         check_weight_decay(weight_decay)
-        if not isinstance(use_kahan_summation, bool):
-            raise ValueError(f"use_kahan_summation must be True or False, got "
-                             f"{use_kahan_summation!r}")
+        check_flag("use_kahan_summation", use_kahan_summation)
+        check_flag("capturable", capturable)
         if rounding not in ROUNDINGS:
             raise ValueError(invalid_choice_message("rounding", rounding, ROUNDINGS))
         if use_kahan_summation and rounding == "stochastic":
@@ -85,7 +85,7 @@ class AnyPrecisionAdamW(KernelOptimizer):
                         variance_dtype=state_dtype_name("variance_dtype", variance_dtype),
                         compensation_buffer_dtype=state_dtype_name(
                             "compensation_buffer_dtype", compensation_buffer_dtype),
-                        rounding=rounding, seed=seed)
+                        rounding=rounding, seed=seed, capturable=capturable)
         super().__init__(params, defaults)
 
     def _state_lists(self, group):
@@ -148,4 +148,5 @@ AnyPrecisionAdamW.__doc__ = rf"""AdamW whose states live in the dtypes you choos
             or ``"stochastic"`` (default: "nearest")
         seed (int, optional): seed of the stochastic rounding, in [0, 2**63)
             (default: 0)
+        {_capturable_doc}
     """
