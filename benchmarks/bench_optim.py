@@ -17,7 +17,8 @@ rounds; ``PYTRAINER_CPU_ISA`` forces one for a whole process. The portable
 own portable kernels: in a second process of this script started with
 ``ATEN_CPU_CAPABILITY=default`` (torch reads it once, at start) and
 ``PYTRAINER_CPU_ISA=DEFAULT``, whose rows (``torch_cpu_capability``: ``DEFAULT``)
-join this one's.
+join this one's. (pytrainer follows torch's capability unless ``PYTRAINER_CPU_ISA``
+names one, which wins; that process sets both, so each says what it runs.)
 
     python benchmarks/bench_optim.py                     # CPU, and CUDA when present
     python benchmarks/bench_optim.py --devices cpu --isa all
