@@ -17,7 +17,13 @@ same way.
 
 pytrainer's CPU kernels run with the instruction set the machine picks, or with
 each one named by ``--isa`` (``all``: every one this CPU can run), in the same
-rounds; ``PYTRAINER_CPU_ISA`` forces one for a whole process.
+rounds; ``PYTRAINER_CPU_ISA`` forces one for a whole process. The portable
+``DEFAULT`` build, the fallback for CPUs without AVX2, is measured against torch's
+own portable kernels: in a second process of this script started with
+``ATEN_CPU_CAPABILITY=default`` (torch reads it once, at start) and
+``PYTRAINER_CPU_ISA=DEFAULT``, whose rows (``torch_cpu_capability``: ``DEFAULT``)
+join this one's. (pytrainer follows torch's capability unless ``PYTRAINER_CPU_ISA``
+names one, which wins; that process sets both, so each says what it runs.)
 
     python benchmarks/bench_optim.py                     # CPU, and CUDA when present
     python benchmarks/bench_optim.py --devices cpu --isa all
@@ -36,7 +42,9 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -445,7 +453,38 @@ def environment(device, isas):
                date=time.strftime("%Y-%m-%d %H:%M:%S"))
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
+    else:
+        env["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return env
+
+
+#: how the portable builds' process is started (see the module's docstring)
+DEFAULT_CAPABILITY_ENV = {"ATEN_CPU_CAPABILITY": "default", "PYTRAINER_CPU_ISA": "DEFAULT"}
+
+
+def split_default_isa(isas: list[str] | None) -> tuple[list[str] | None, bool]:
+    """The instruction sets to measure in this process, and whether the DEFAULT
+    build goes to a process of its own: unless torch already runs its portable
+    kernels here, its anchors in this process are vectorised ones."""
+    if not isas or "DEFAULT" not in isas or torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+        return isas, False
+    return [isa for isa in isas if isa != "DEFAULT"], True
+
+
+def run_default_capability(args) -> dict:
+    """This script's CPU measurement of the DEFAULT build in a process where torch
+    runs its own default-capability kernels; returns its JSON (its tables are
+    printed as they come)."""
+    with tempfile.TemporaryDirectory() as out:
+        argv = [sys.executable, str(Path(__file__).resolve()), "--devices", "cpu", "--isa",
+                "DEFAULT", "--dtypes", *args.dtypes, "--rounds", str(args.rounds), "--steps",
+                str(args.steps), "--out", out, "--no-plot"]
+        argv += ["--sets", *args.sets] if args.sets else []
+        argv += ["--quick"] if args.quick else []
+        print(f"\nDEFAULT build against torch's default capability, in a process of its own "
+              f"({' '.join(f'{k}={v}' for k, v in DEFAULT_CAPABILITY_ENV.items())}):", flush=True)
+        subprocess.run(argv, env={**os.environ, **DEFAULT_CAPABILITY_ENV}, check=True)
+        return json.loads((Path(out) / "bench_optim.json").read_text())
 
 
 def main(argv=None):
@@ -462,7 +501,9 @@ def main(argv=None):
     parser.add_argument("--isa", nargs="+", default=None,
                         help="CPU instruction sets for pytrainer's kernels, each in the same "
                              "rounds: names from pytrainer.ops.cpu_isas(), or all "
-                             "(default: the one the machine picks)")
+                             "(default: the one the machine picks); DEFAULT is measured in a "
+                             "process of its own against torch's default-capability kernels")
+    parser.add_argument("--no-plot", action="store_true", help="write no chart")
     args = parser.parse_args(argv)
     ops.require()
     isas = None
@@ -476,7 +517,10 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     all_rows, errors = [], []
+    cpu_isas_here, default_apart = split_default_isa(isas)
     for device in devices:
+        if device == "cpu" and default_apart and not cpu_isas_here:
+            continue  # only DEFAULT asked for: all of it in the other process
         timer = Timer(device)
         copy = memory_reference_fn(device, args.quick)
         for set_name, shapes in param_sets(device, args.quick).items():
@@ -484,10 +528,13 @@ def main(argv=None):
                 continue
             for dtype_name in args.dtypes:
                 dtype = getattr(torch, dtype_name)
-                cands = for_isas(candidates(dtype), isas if device == "cpu" else None)
+                cands = for_isas(candidates(dtype), cpu_isas_here if device == "cpu" else None)
                 cands += captured_candidates(dtype, device, set_name)
                 if set_name in MODEL_SETS:
                     cands = [c for c in cands if not is_slow(c)]
+                if device == "cpu" and os.environ.get("ATEN_CPU_CAPABILITY") == "default":
+                    # the DEFAULT build's process: torch's candidates only as anchors
+                    cands = [c for c in cands if c.isa or c.name in {x.anchor for x in cands}]
                 # the many-tensor set: pytrainer and torch fused also on one tensor, same rounds
                 many = len(shapes) > 1000 or args.quick and set_name not in ("llama", *MODEL_SETS)
                 twins = [c for c in cands if c.name in ("pytrainer FusedAdamW", "torch AdamW fused")
@@ -498,11 +545,21 @@ def main(argv=None):
                 rows = summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, cands)
                 for r in rows:
                     r["device"] = device
+                    if device == "cpu":
+                        r["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+                torch_kernels = (f"; torch's CPU capability {rows[0]['torch_cpu_capability']}"
+                                 if device == "cpu" else "")
                 print_table(rows, f"{device}: optimizer step, {set_name} "
                                   f"({len(shapes)} tensors, {rows[0]['params'] / 1e6:.1f} M params), "
-                                  f"{dtype_name}; memory reference {rows[0]['copy_gb_s']:.1f} GB/s")
+                                  f"{dtype_name}; memory reference {rows[0]['copy_gb_s']:.1f} GB/s"
+                                  f"{torch_kernels}")
                 all_rows += rows
-    summary = [f"{r['device']} {r['dtype']} {r['optimizer']}{' ' + r['isa'] if r['isa'] else ''}: "
+    summary = []
+    if "cpu" in devices and default_apart:
+        apart = run_default_capability(args)
+        all_rows += apart["rows"]
+        summary += apart["summary"]
+    summary += [f"{r['device']} {r['dtype']} {r['optimizer']}{' ' + r['isa'] if r['isa'] else ''}: "
                f"{r['tensors']} tensors take "
                f"{r['time_over_one_tensor']:.2f}x the time of one tensor of the same size "
                f"(median of per-round ratios)"
@@ -513,7 +570,8 @@ def main(argv=None):
                   errors=errors)
     (out / "bench_optim.json").write_text(json.dumps(result, indent=2))
     print(f"json: {out / 'bench_optim.json'}")
-    plot(all_rows, out / "bench_optim.png")
+    if not args.no_plot:
+        plot(all_rows, out / "bench_optim.png")
     if errors:
         sys.exit(f"{len(errors)} captured candidate(s) failed: see above and 'errors' in the JSON")
     return result

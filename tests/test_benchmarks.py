@@ -59,10 +59,50 @@ def test_bench_optim_measures_every_isa_in_the_same_rounds(tmp_path):
     rows = data["rows"]
     for name in ("pytrainer FusedAdamW", "pytrainer AnyPrecision+Kahan"):
         assert sorted(r["isa"] for r in rows if r["optimizer"] == name) == sorted(ops.cpu_isas())
-    assert [r["isa"] for r in rows if r["optimizer"] == "torch AdamW fused"] == [None]
     for row in rows:
         assert row["ms_per_step"] > 0 and 0 < row["fraction_of_copy_bw"], row
-    assert all(r["copy_gb_s"] == rows[0]["copy_gb_s"] > 0 for r in rows)
+    # one process per torch capability (DEFAULT against torch's portable kernels, the
+    # others against this machine's), each with torch's anchor and memory reference once
+    by_capability = {}
+    for row in rows:
+        by_capability.setdefault(row["torch_cpu_capability"], []).append(row)
+    native = torch.backends.cpu.get_cpu_capability()
+    assert set(by_capability) == {native, "DEFAULT"}
+    for capability, group in by_capability.items():
+        assert [r["isa"] for r in group if r["optimizer"] == "torch AdamW fused"] == [None]
+        assert all(r["copy_gb_s"] == group[0]["copy_gb_s"] > 0 for r in group)
+        isas = {r["isa"] for r in group if r["isa"]}
+        assert isas == ({"DEFAULT"} if capability == "DEFAULT" else set(ops.cpu_isas()) - {"DEFAULT"}
+                        if native != "DEFAULT" else set(ops.cpu_isas())), (capability, isas)
+
+
+def test_bench_optim_measures_the_default_build_against_torchs_default_capability(tmp_path):
+    """The portable build is the fallback for CPUs without AVX2, so its anchor is
+    torch's own portable kernels (ATEN_CPU_CAPABILITY=default, read by torch at
+    start): a process of its own, with pytrainer forced to DEFAULT there too."""
+    if not ops.available():
+        pytest.skip("compiled kernels not built")
+    out = run_benchmark("bench_optim.py", "--quick", "--devices", "cpu", "--isa", "DEFAULT",
+                        "--rounds", "1", "--steps", "1", "--sets", "llama", "--dtypes",
+                        "float16", "float32", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "bench_optim.json").read_text())["rows"]
+    assert {r["torch_cpu_capability"] for r in rows} == {"DEFAULT"}
+    ours = [r for r in rows if r["optimizer"].startswith("pytrainer")]
+    assert {(r["optimizer"], r["dtype"]) for r in ours} == {
+        ("pytrainer FusedAdamW", "float16"), ("pytrainer FusedAdamW", "float32"),
+        ("pytrainer AnyPrecision+Kahan", "float16"), ("pytrainer Adafactor", "float16"),
+        ("pytrainer Adafactor", "float32")}
+    assert {r["isa"] for r in ours} == {"DEFAULT"}
+    for row in ours:
+        if row["anchor"]:
+            assert row["anchor"] in {"torch AdamW fused", "torch Adafactor foreach"}, row
+            assert math.isfinite(row["speedup_vs_anchor"]) and row["speedup_vs_anchor"] > 0, row
+    if torch.backends.cpu.get_cpu_capability() != "DEFAULT":
+        assert "ATEN_CPU_CAPABILITY=default PYTRAINER_CPU_ISA=DEFAULT" in out
+        # in that process torch runs only as the anchors
+        assert {r["optimizer"] for r in rows if not r["isa"]} == {"torch AdamW fused",
+                                                                 "torch Adafactor foreach"}
+    assert "torch's CPU capability DEFAULT" in out
 
 
 def test_bench_optim_refuses_an_isa_this_cpu_lacks(tmp_path):

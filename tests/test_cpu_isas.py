@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from pytrainer import ops
+from pytrainer.optim import FusedAdamW
 from tests.optim_db import KERNEL_OPTIMS, OptimInfo, optims
 
 pytestmark = pytest.mark.skipif(not ops.available(), reason="compiled kernels not built")
@@ -188,3 +189,33 @@ def test_environment_variable_naming_no_usable_instruction_set_is_a_clear_error(
         assert out.returncode != 0
         assert (f"PYTRAINER_CPU_ISA={setting} is unknown or not supported by this CPU; "
                 f"valid here: {', '.join(ops.cpu_isas())}") in out.stderr, out.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- every 16-bit value
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_every_16_bit_value_converts_as_torch_does_on_every_isa(dtype):
+    """Each of the 65536 16-bit values as a grad, with beta1 = beta2 = 0: the new
+    momentum is the grad (loaded to float32 and stored back: exact) and the new
+    variance is its exact float32 square rounded to the dtype (RNE, overflow to
+    inf, subnormal results). Every build, the portable one's lane-parallel software
+    conversions included, stores torch's own conversions of the same values."""
+    grad = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(dtype)
+    finite = grad.isfinite()
+    wide = grad.float()
+    expected_m, expected_v = grad.clone(), (wide * wide).to(dtype)
+    for isa in ops.cpu_isas():
+        ops.kernels.set_cpu_isa(isa)
+        try:
+            p = torch.nn.Parameter(torch.ones(1 << 16, dtype=dtype))
+            p.grad = grad.clone()
+            opt = FusedAdamW([p], lr=0.0, betas=(0.0, 0.0))
+            opt.step()
+        finally:
+            ops.kernels.set_cpu_isa("")
+        m, v = opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]
+        bits = BITS[dtype]
+        # an infinite grad makes the momentum NaN (0 * inf in the lerp), as torch's
+        assert torch.equal(m[finite].view(bits), expected_m[finite].view(bits)), isa
+        assert bool(m[~finite].isnan().all()), isa
+        same_v = (v.view(bits) == expected_v.view(bits)) | (v.isnan() & expected_v.isnan())
+        assert bool(same_v.all()), (isa, grad[~same_v][:4].tolist(), v[~same_v][:4].tolist())
