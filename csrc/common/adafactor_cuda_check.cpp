@@ -95,7 +95,7 @@ pybind11::dict emulate(const std::vector<std::vector<int64_t>>& shapes,
           const int64_t i = step_row(e, t, l, s);
           if (i >= t.row_end) continue;
           if (row_groups(e) > 1 && l.lane % row_group(e) == 0) {
-            const int64_t slot = (i - t.row_begin) * row_groups(e) + l.lane / row_group(e);
+            const int64_t slot = row_part_slot(e, t, i, l.lane);
             if (slot > max_row_slot) max_row_slot = slot;
           }
           for (int64_t m = 0; m < e.packs_per_thread; ++m) {

@@ -141,6 +141,11 @@ PT_HOST_DEVICE int64_t row_group(const AdafactorEntry& e) {
 PT_HOST_DEVICE int64_t row_groups(const AdafactorEntry& e) {
   return e.threads_per_row / row_group(e);
 }
+// The shared slot where a row group's first lane leaves its part of row i's sum.
+PT_HOST_DEVICE int64_t row_part_slot(const AdafactorEntry& e, const Tile& t, int64_t i,
+                                     int64_t lane) {
+  return (i - t.row_begin) * row_groups(e) + lane / row_group(e);
+}
 
 // The slot of the sum of the new row state over one row tile of a batch.
 PT_HOST_DEVICE int64_t row_sum_slot(const AdafactorEntry& e, int64_t batch, int64_t row_tile) {

@@ -197,7 +197,7 @@ PT_DEVICE void factored_sums(const AdafactorLaunch& a, const AdafactorEntry& e, 
       if (groups == 1) {
         finish_row(i, row);  // the row is one group: its sum is complete
       } else {
-        row_part[(i - t.row_begin) * groups + l.lane / group] = row;
+        row_part[row_part_slot(e, t, i, l.lane)] = row;
       }
     }
   }
