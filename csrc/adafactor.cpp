@@ -1,6 +1,7 @@
 // pytrainer::adafactor_: transformers' Adafactor over lists of tensors of one
-// device. Its schema and its steps: on the CPU three passes over memory, each one
-// parallel region over the work units of every tensor (common/adafactor_layout.h);
+// device. Its schema and its steps: on the CPU three passes over the tensors,
+// each one parallel region over their work units (common/adafactor_layout.h),
+// taken a cache-sized group of tensors at a time;
 // on CUDA the plan of the call (tiles and partial-sum slots), its tables in
 // device memory, and the five launches per param dtype.
 #include <ATen/Parallel.h>
@@ -27,32 +28,73 @@ struct Lists {
 struct UnitRun {
   const AdafactorEntry* entry;
   int64_t unit, count;
+  int64_t start;  // elements in the runs before this one, the weight of the split
 };
 
-std::vector<UnitRun> unit_runs(const AdafactorPlan& plan) {
+// The runs of entries [first, last), then a sentinel (no entry) whose start is
+// the elements of them all.
+std::vector<UnitRun> unit_runs(const AdafactorEntry* first, const AdafactorEntry* last) {
   std::vector<UnitRun> runs;
-  runs.reserve(static_cast<size_t>(plan.units));
-  for (const AdafactorEntry& e : plan.entries) {
-    const int64_t width = e.factored ? std::min(cpu::kAdafactorCpuRunTiles, e.col_tiles) : 1;
+  int64_t start = 0;
+  for (const AdafactorEntry* e = first; e != last; ++e) {
+    const int64_t width = e->factored ? std::min(cpu::kAdafactorCpuRunTiles, e->col_tiles) : 1;
     // units are numbered row band by row band, col_tiles per band
-    const int64_t band = e.factored ? e.col_tiles : 1;
-    for (int64_t first = 0; first < e.units; first += band) {
-      for (int64_t u = first; u < first + band; u += width) {
-        runs.push_back(UnitRun{&e, u, std::min(width, first + band - u)});
+    const int64_t band = e->factored ? e->col_tiles : 1;
+    for (int64_t first_unit = 0; first_unit < e->units; first_unit += band) {
+      for (int64_t u = first_unit; u < first_unit + band; u += width) {
+        const int64_t count = std::min(width, first_unit + band - u);
+        runs.push_back(UnitRun{e, u, count, start});
+        // a tensor's units are nearly equal: edge tiles are the only smaller ones
+        start += count * e->numel / e->units;
       }
     }
   }
+  runs.push_back(UnitRun{nullptr, 0, 0, start});
   return runs;
 }
 
-// Runs `pass(entry, unit, count)` over the runs of the selected entries in parallel.
+// Runs `pass(entry, unit, count)` over the runs of the selected entries in
+// parallel: each thread takes consecutive runs of about equal elements (not an
+// equal count of runs, which left a thread the large tiles of a mixed set).
 template <class Select, class Pass>
 void for_runs(const std::vector<UnitRun>& runs, Select select, Pass pass) {
-  at::parallel_for(0, static_cast<int64_t>(runs.size()), 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t k = lo; k < hi; ++k) {
-      if (select(*runs[k].entry)) pass(*runs[k].entry, runs[k].unit, runs[k].count);
+  const int64_t n = static_cast<int64_t>(runs.size()) - 1;
+  const int64_t shares = std::min<int64_t>(at::get_num_threads(), n);
+  if (shares <= 0) return;
+  const int64_t total = runs.back().start;
+  auto share_begin = [&](int64_t s) {
+    const int64_t at = total / shares * s + total % shares * s / shares;
+    return std::lower_bound(runs.begin(), runs.end() - 1, at,
+                            [](const UnitRun& r, int64_t v) { return r.start < v; });
+  };
+  at::parallel_for(0, shares, 1, [&](int64_t lo, int64_t hi) {
+    const auto end = share_begin(hi);
+    for (auto r = share_begin(lo); r != end; ++r) {
+      if (select(*r->entry)) pass(*r->entry, r->unit, r->count);
     }
   });
+}
+
+// Consecutive entries whose params and grads fit in kAdafactorCpuGroupBytes
+// together (a larger tensor alone), as [first, last) pairs.
+std::vector<std::pair<const AdafactorEntry*, const AdafactorEntry*>> cache_groups(
+    const AdafactorPlan& plan, at::TensorList params, at::TensorList grads) {
+  std::vector<std::pair<const AdafactorEntry*, const AdafactorEntry*>> groups;
+  const AdafactorEntry* first = plan.entries.data();
+  const AdafactorEntry* const end = first + plan.entries.size();
+  int64_t bytes = 0;
+  for (const AdafactorEntry* e = first; e != end; ++e) {
+    const int64_t b =
+        e->numel * (params[e->index].element_size() + grads[e->index].element_size());
+    if (e != first && bytes + b > cpu::kAdafactorCpuGroupBytes) {
+      groups.emplace_back(first, e);
+      first = e;
+      bytes = 0;
+    }
+    bytes += b;
+  }
+  if (first != end) groups.emplace_back(first, end);
+  return groups;
 }
 
 // Finalize 1 for one batch of a factored tensor: the row and column states from
@@ -113,45 +155,48 @@ void step_cpu(const Lists& t, AdafactorHyper hyper, std::optional<double> beta1,
   auto factored = [](const AdafactorEntry& e) { return e.factored != 0; };
   auto any = [](const AdafactorEntry&) { return true; };
 
-  const std::vector<UnitRun> runs = unit_runs(plan);
-  // pass 1: sums of g^2 by row and column, of p^2; vectors finish their state
-  for_runs(runs, any, [&](const AdafactorEntry& e, int64_t u, int64_t count) {
-    const cpu::AdafactorKernels& k = *kernel_of[e.index];
-    (e.factored ? k.tile_sums : k.vector_sums)(e, step, u, count);
-  });
-  // finalize 1: row and column states
-  std::vector<std::pair<const AdafactorEntry*, int64_t>> batches;
-  batches.reserve(plan.batches);
-  for (const AdafactorEntry& e : plan.entries) {
-    if (e.factored && e.units > 0) {
-      for (int64_t b = 0; b < e.batches; ++b) batches.emplace_back(&e, b);
+  // Group by group, so that passes 2 and 3 reread params and grads from the cache
+  // that pass 1 brought them into rather than from memory.
+  for (const auto& [first, last] : cache_groups(plan, t.params, t.grads)) {
+    const std::vector<UnitRun> runs = unit_runs(first, last);
+    // pass 1: sums of g^2 by row and column, of p^2; vectors finish their state
+    for_runs(runs, any, [&](const AdafactorEntry& e, int64_t u, int64_t count) {
+      const cpu::AdafactorKernels& k = *kernel_of[e.index];
+      (e.factored ? k.tile_sums : k.vector_sums)(e, step, u, count);
+    });
+    // finalize 1: row and column states
+    std::vector<std::pair<const AdafactorEntry*, int64_t>> batches;
+    for (const AdafactorEntry* e = first; e != last; ++e) {
+      if (e->factored && e->units > 0) {
+        for (int64_t b = 0; b < e->batches; ++b) batches.emplace_back(e, b);
+      }
     }
+    at::parallel_for(0, static_cast<int64_t>(batches.size()), 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t k = lo; k < hi; ++k) {
+        const AdafactorEntry& e = *batches[k].first;
+        finalize_batch(e, batches[k].second, beta2[2 * e.index], beta2[2 * e.index + 1],
+                       step.eps1, step.work);
+      }
+    });
+    // pass 2: sum of U^2 of factored tensors
+    for_runs(runs, factored, [&](const AdafactorEntry& e, int64_t u, int64_t count) {
+      kernel_of[e.index]->tile_norm(e, step, u, count);
+    });
+    // finalize 2: alpha and the clipping divisor of each tensor
+    for (const AdafactorEntry* e = first; e != last; ++e) {
+      double p_sq = 0.0, u_sq = 0.0;
+      for (int64_t u = e->first_unit; u < e->first_unit + e->units; ++u) {
+        p_sq += step.work.p_sq[u];
+        u_sq += step.work.u_sq[u];
+      }
+      adafactor_scalars(hyper, hyper.lr, steps[e->index], e->numel, p_sq, u_sq,
+                        &step.work.scalars[2 * e->index], &step.work.scalars[2 * e->index + 1]);
+    }
+    // pass 3: the update
+    for_runs(runs, any, [&](const AdafactorEntry& e, int64_t u, int64_t count) {
+      kernel_of[e.index]->update(e, step, u, count);
+    });
   }
-  at::parallel_for(0, static_cast<int64_t>(batches.size()), 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t k = lo; k < hi; ++k) {
-      const AdafactorEntry& e = *batches[k].first;
-      finalize_batch(e, batches[k].second, beta2[2 * e.index], beta2[2 * e.index + 1],
-                     step.eps1, step.work);
-    }
-  });
-  // pass 2: sum of U^2 of factored tensors
-  for_runs(runs, factored, [&](const AdafactorEntry& e, int64_t u, int64_t count) {
-    kernel_of[e.index]->tile_norm(e, step, u, count);
-  });
-  // finalize 2: alpha and the clipping divisor of each tensor
-  for (const AdafactorEntry& e : plan.entries) {
-    double p_sq = 0.0, u_sq = 0.0;
-    for (int64_t u = e.first_unit; u < e.first_unit + e.units; ++u) {
-      p_sq += step.work.p_sq[u];
-      u_sq += step.work.u_sq[u];
-    }
-    adafactor_scalars(hyper, hyper.lr, steps[e.index], e.numel, p_sq, u_sq,
-                      &step.work.scalars[2 * e.index], &step.work.scalars[2 * e.index + 1]);
-  }
-  // pass 3: the update
-  for_runs(runs, any, [&](const AdafactorEntry& e, int64_t u, int64_t count) {
-    kernel_of[e.index]->update(e, step, u, count);
-  });
   cpu::advance_steps(t.state_steps);
 }
 

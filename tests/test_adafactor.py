@@ -216,6 +216,33 @@ def test_results_do_not_depend_on_the_thread_count():
     assert torch.equal(results[0], results[1])
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_one_call_over_cache_groups_equals_each_tensor_alone(dtype):
+    # The CPU step takes the tensors a cache-sized group (8 MB of params and grads)
+    # at a time: these shapes make several groups, one tensor larger than a group
+    # among them, each small shape in a group with a large one.
+    shapes = [(700, 1100), (333,), (1500, 600), (5, 7, 9), (1300, 1000), (2000,)]
+    gen = torch.Generator().manual_seed(3)
+    start = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    together = [torch.nn.Parameter(t.clone()) for t in start]
+    alone = [torch.nn.Parameter(t.clone()) for t in start]
+    config = dict(beta1=0.9, weight_decay=0.01)
+    opt = Adafactor(together, **config)
+    opts = [Adafactor([p], **config) for p in alone]
+    for _ in range(2):
+        grads = grads_for(together, gen)
+        for p, q, g in zip(together, alone, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        for o in opts:
+            o.step()
+    for p, q, o in zip(together, alone, opts):
+        assert torch.equal(p, q)
+        for key, value in o.state[q].items():
+            assert torch.equal(opt.state[p][key], value), key
+
+
 # ------------------------------------------------------------------ bad input
 
 

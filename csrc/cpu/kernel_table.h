@@ -54,6 +54,13 @@ struct AdafactorCpuStep {
 // Tiles of a factored tensor side by side that one CPU task takes at once.
 constexpr int64_t kAdafactorCpuRunTiles = 8;
 
+// Params and grads (bytes) of the tensors whose three passes run before the next
+// tensors': small enough that passes 2 and 3 find them in the last-level cache of
+// common server CPUs, large enough that the parallel regions stay few. Measured on
+// a 2-thread AMD EPYC (AVX2) on a 50.7 M-param Llama-like set: fp32 1.20x faster
+// than one group for the whole call, anywhere from 4 to 16 MB.
+constexpr int64_t kAdafactorCpuGroupBytes = int64_t{8} << 20;
+
 // Processes units [unit, unit + count) (counted within the tensor) of tensor `e`
 // in one pass: tiles side by side in one row band (count <= kAdafactorCpuRunTiles)
 // of a factored tensor, or one chunk (count 1) of a vector.
