@@ -7,7 +7,8 @@ round), and ratios are medians of the per-round ratios. A memory reference is
 timed in the same rounds, so effective bandwidth can be read as a fraction of
 what the memory delivers: on the CPU one pass over four 256 MiB float32 buffers
 that reads all four and writes three
-(``pytrainer.memory_pass_``: an AdamW step's streams, on the kernels' threads),
+(``pytrainer.memory_pass_``: an AdamW step's streams, with the kernels' threads
+and vectors),
 on CUDA a device copy of 1 GiB.
 
 On CUDA the sets of many small tensors and GPT-2 small, where launch overhead
@@ -291,7 +292,7 @@ class Timer:
 
 MEMORY_REFERENCE = {
     "cpu": "pytrainer.memory_pass_: one pass over four float32 buffers of 256 MiB that reads "
-           "all four and writes three, on the kernels' threads",
+           "all four and writes three, with the kernels' threads and vectors",
     "cuda": "a device copy of 1 GiB",
 }
 

@@ -118,17 +118,23 @@ def test_bench_optim_refuses_an_isa_this_cpu_lacks(tmp_path):
 
 def test_memory_reference_reads_and_writes_every_buffer():
     """The benchmarks' memory reference does the pass it is counted as: every output
-    gets the input added, in one call over the kernels' threads."""
+    gets the input added, in one call over the kernels' threads, with the vectors
+    of every instruction set."""
     if not ops.available():
         pytest.skip("compiled kernels not built")
     n = 3 * 16384 + 5  # several chunks of the kernels' threads, and a rest
-    for count in (1, 3, 4):
-        outputs = [torch.randn(n) for _ in range(count)]
-        before = [o.clone() for o in outputs]
-        source = torch.randn(n)
-        torch.ops.pytrainer.memory_pass_(outputs, source)
-        for out, old in zip(outputs, before):
-            assert torch.equal(out, old + source)
+    for isa in ops.cpu_isas():
+        ops.set_cpu_isa(isa)
+        try:
+            for count in (1, 2, 3, 4):
+                outputs = [torch.randn(n) for _ in range(count)]
+                before = [o.clone() for o in outputs]
+                source = torch.randn(n)
+                torch.ops.pytrainer.memory_pass_(outputs, source)
+                for out, old in zip(outputs, before):
+                    assert torch.equal(out, old + source), (isa, count)
+        finally:
+            ops.set_cpu_isa("")
 
 
 @pytest.mark.parametrize("bad, message", [

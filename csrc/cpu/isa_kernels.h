@@ -6,6 +6,7 @@
 #include "cpu/adamw_kernel.h"
 #include "cpu/anyprecision_kernel.h"
 #include "cpu/adafactor_kernel.h"
+#include "cpu/memory_pass_kernel.h"
 
 static IsaKernels make_table(const char* name) {
   IsaKernels k{};
@@ -14,5 +15,6 @@ static IsaKernels make_table(const char* name) {
   fill_adamw_table(k);
   fill_anyprecision_table(k);
   fill_adafactor_table(k);
+  fill_memory_pass_table(k);
   return k;
 }

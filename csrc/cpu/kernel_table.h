@@ -74,12 +74,20 @@ struct AdafactorKernels {
   AdafactorUnitFn update;        // pass 3, either kind
 };
 
+// The benchmarks' memory reference: outputs[k] += input for k < count (1 to 4).
+struct MemoryPassTask {
+  float* outputs[4];
+  int count;
+  const float* input;
+};
+
 struct IsaKernels {
   const char* name;
   int width;               // float lanes per vector
   RangeFn adamw[kNumDt][2];  // [param dtype][amsgrad]
   RangeFn anyprecision[kNumDt][3];  // [param dtype (not float64)][AnyPrecisionRounding]
   AdafactorKernels adafactor[kNumDt];  // [param dtype (not float64)]
+  RangeFn memory_pass[4];  // MemoryPassTask with [count - 1] outputs
 };
 
 const IsaKernels& isa_default();
