@@ -8,6 +8,7 @@
 #include <c10/util/Exception.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "common/adafactor_plan.h"
@@ -55,6 +56,10 @@ pybind11::dict emulate(const std::vector<std::vector<int64_t>>& shapes,
       continue;
     }
     std::vector<uint8_t> seen(static_cast<size_t>(e.numel), 0);
+    // The kernels keep kAdafactorCudaThreadElems values per thread in registers
+    // and take no pack slot past them: a geometry that gave a thread more packs
+    // would leave columns unowned, which the element count then shows.
+    const int64_t register_slots = kAdafactorCudaThreadElems / e.pack;
     Counts row_states(e.batches * e.rows), col_states(e.batches * e.cols);
     // the sum of a row tile's new row states: the mean itself for a single row tile
     auto row_total = [&](int64_t batch, int64_t row_tile) {
@@ -98,7 +103,7 @@ pybind11::dict emulate(const std::vector<std::vector<int64_t>>& shapes,
             const int64_t slot = row_part_slot(e, t, i, l.lane);
             if (slot > max_row_slot) max_row_slot = slot;
           }
-          for (int64_t m = 0; m < e.packs_per_thread; ++m) {
+          for (int64_t m = 0; m < std::min(e.packs_per_thread, register_slots); ++m) {
             const int64_t c0 = lane_col(e, t, l.lane, m);
             for (int64_t c = c0; c < c0 + e.pack && c < t.col_end; ++c) {
               const int64_t at = (t.batch * e.rows + i) * e.cols + c;
@@ -120,7 +125,7 @@ pybind11::dict emulate(const std::vector<std::vector<int64_t>>& shapes,
         }
       }
       if (e.col_tiles == 1) row_total(t.batch, t.row_tile);
-      for (int64_t m = 0; m < e.packs_per_thread; ++m) {
+      for (int64_t m = 0; m < std::min(e.packs_per_thread, register_slots); ++m) {
         for (int64_t q = 0; q < e.threads_per_row * e.pack; ++q) {
           const int64_t c = lane_col(e, t, q / e.pack, m) + q % e.pack;
           if (c >= t.col_end) continue;
