@@ -31,12 +31,15 @@ struct UnitRun {
   int64_t start;  // elements in the runs before this one, the weight of the split
 };
 
-// The runs of entries [first, last), then a sentinel (no entry) whose start is
-// the elements of them all.
-std::vector<UnitRun> unit_runs(const AdafactorEntry* first, const AdafactorEntry* last) {
+// The runs of the selected entries among [first, last), then a sentinel (no
+// entry) whose start is the elements of them all.
+template <class Select>
+std::vector<UnitRun> unit_runs(const AdafactorEntry* first, const AdafactorEntry* last,
+                               Select select) {
   std::vector<UnitRun> runs;
   int64_t start = 0;
   for (const AdafactorEntry* e = first; e != last; ++e) {
+    if (!select(*e)) continue;
     const int64_t width = e->factored ? std::min(cpu::kAdafactorCpuRunTiles, e->col_tiles) : 1;
     // units are numbered row band by row band, col_tiles per band
     const int64_t band = e->factored ? e->col_tiles : 1;
@@ -44,7 +47,7 @@ std::vector<UnitRun> unit_runs(const AdafactorEntry* first, const AdafactorEntry
       for (int64_t u = first_unit; u < first_unit + band; u += width) {
         const int64_t count = std::min(width, first_unit + band - u);
         runs.push_back(UnitRun{e, u, count, start});
-        // a tensor's units are nearly equal: edge tiles are the only smaller ones
+        // a tensor's mean unit size: only its edge tiles differ, by less than a tile
         start += count * e->numel / e->units;
       }
     }
@@ -53,11 +56,11 @@ std::vector<UnitRun> unit_runs(const AdafactorEntry* first, const AdafactorEntry
   return runs;
 }
 
-// Runs `pass(entry, unit, count)` over the runs of the selected entries in
-// parallel: each thread takes consecutive runs of about equal elements (not an
-// equal count of runs, which left a thread the large tiles of a mixed set).
-template <class Select, class Pass>
-void for_runs(const std::vector<UnitRun>& runs, Select select, Pass pass) {
+// Runs `pass(entry, unit, count)` over `runs` in parallel: each thread takes
+// consecutive runs of about equal elements (not an equal count of runs, which
+// left a thread the large tiles of a mixed set).
+template <class Pass>
+void for_runs(const std::vector<UnitRun>& runs, Pass pass) {
   const int64_t n = static_cast<int64_t>(runs.size()) - 1;
   const int64_t shares = std::min<int64_t>(at::get_num_threads(), n);
   if (shares <= 0) return;
@@ -69,16 +72,16 @@ void for_runs(const std::vector<UnitRun>& runs, Select select, Pass pass) {
   };
   at::parallel_for(0, shares, 1, [&](int64_t lo, int64_t hi) {
     const auto end = share_begin(hi);
-    for (auto r = share_begin(lo); r != end; ++r) {
-      if (select(*r->entry)) pass(*r->entry, r->unit, r->count);
-    }
+    for (auto r = share_begin(lo); r != end; ++r) pass(*r->entry, r->unit, r->count);
   });
 }
 
-// Consecutive entries whose params and grads fit in kAdafactorCpuGroupBytes
-// together (a larger tensor alone), as [first, last) pairs.
+// Consecutive entries whose params and grads fit in kAdafactorCpuGroupBytesPerThread
+// per thread together (a larger tensor alone), as [first, last) pairs.
 std::vector<std::pair<const AdafactorEntry*, const AdafactorEntry*>> cache_groups(
     const AdafactorPlan& plan, at::TensorList params, at::TensorList grads) {
+  const int64_t limit =
+      cpu::kAdafactorCpuGroupBytesPerThread * std::max<int64_t>(at::get_num_threads(), 1);
   std::vector<std::pair<const AdafactorEntry*, const AdafactorEntry*>> groups;
   const AdafactorEntry* first = plan.entries.data();
   const AdafactorEntry* const end = first + plan.entries.size();
@@ -86,7 +89,7 @@ std::vector<std::pair<const AdafactorEntry*, const AdafactorEntry*>> cache_group
   for (const AdafactorEntry* e = first; e != end; ++e) {
     const int64_t b =
         e->numel * (params[e->index].element_size() + grads[e->index].element_size());
-    if (e != first && bytes + b > cpu::kAdafactorCpuGroupBytes) {
+    if (e != first && bytes + b > limit) {
       groups.emplace_back(first, e);
       first = e;
       bytes = 0;
@@ -158,9 +161,9 @@ void step_cpu(const Lists& t, AdafactorHyper hyper, std::optional<double> beta1,
   // Group by group, so that passes 2 and 3 reread params and grads from the cache
   // that pass 1 brought them into rather than from memory.
   for (const auto& [first, last] : cache_groups(plan, t.params, t.grads)) {
-    const std::vector<UnitRun> runs = unit_runs(first, last);
+    const std::vector<UnitRun> runs = unit_runs(first, last, any);
     // pass 1: sums of g^2 by row and column, of p^2; vectors finish their state
-    for_runs(runs, any, [&](const AdafactorEntry& e, int64_t u, int64_t count) {
+    for_runs(runs, [&](const AdafactorEntry& e, int64_t u, int64_t count) {
       const cpu::AdafactorKernels& k = *kernel_of[e.index];
       (e.factored ? k.tile_sums : k.vector_sums)(e, step, u, count);
     });
@@ -179,7 +182,8 @@ void step_cpu(const Lists& t, AdafactorHyper hyper, std::optional<double> beta1,
       }
     });
     // pass 2: sum of U^2 of factored tensors
-    for_runs(runs, factored, [&](const AdafactorEntry& e, int64_t u, int64_t count) {
+    for_runs(unit_runs(first, last, factored), [&](const AdafactorEntry& e, int64_t u,
+                                                   int64_t count) {
       kernel_of[e.index]->tile_norm(e, step, u, count);
     });
     // finalize 2: alpha and the clipping divisor of each tensor
@@ -193,7 +197,7 @@ void step_cpu(const Lists& t, AdafactorHyper hyper, std::optional<double> beta1,
                         &step.work.scalars[2 * e->index], &step.work.scalars[2 * e->index + 1]);
     }
     // pass 3: the update
-    for_runs(runs, any, [&](const AdafactorEntry& e, int64_t u, int64_t count) {
+    for_runs(runs, [&](const AdafactorEntry& e, int64_t u, int64_t count) {
       kernel_of[e.index]->update(e, step, u, count);
     });
   }

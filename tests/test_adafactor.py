@@ -216,13 +216,22 @@ def test_results_do_not_depend_on_the_thread_count():
     assert torch.equal(results[0], results[1])
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 def test_one_call_over_cache_groups_equals_each_tensor_alone(dtype):
-    # The CPU step takes the tensors a cache-sized group (8 MB of params and grads)
-    # at a time: these shapes make several groups, one tensor larger than a group
-    # among them, each small shape in a group with a large one.
-    shapes = [(700, 1100), (333,), (1500, 600), (5, 7, 9), (1300, 1000), (2000,)]
+    # The CPU step takes the tensors a group (4 MB of params and grads per thread,
+    # 8 MB with 2 threads) at a time. With 2 threads these shapes make 4 groups in
+    # float32 ({0, 1}, {2, 3}, {4}, {5}) and 3 in bfloat16 ({0-3}, {4}, {5}), tensor 4
+    # larger than a group in both.
+    shapes = [(700, 1100), (333,), (1500, 600), (5, 7, 9), (1500, 1500), (2000,)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _step_together_and_alone(shapes, dtype)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _step_together_and_alone(shapes, dtype):
     gen = torch.Generator().manual_seed(3)
     start = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
     together = [torch.nn.Parameter(t.clone()) for t in start]

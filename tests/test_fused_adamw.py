@@ -227,6 +227,28 @@ def test_grad_scaler_step_equals_unscaled_adamw(device):
         torch.testing.assert_close(p.detach(), q.detach())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_step_scaled_equals_the_step_on_divided_grads(device, cpu_isa, dtype):
+    """The Trainer's clipping divisor (step_scaled, grads left as they are) gives the
+    step of grads divided by it: a divisor of 4 divides every grad exactly, so the
+    two steps agree to the bit."""
+    scaled, plain = make_params(device, dtype), make_params(device, dtype)
+    for p, q in zip(scaled, plain):
+        q.data.copy_(p)
+    opt_scaled, opt_plain = FusedAdamW(scaled, lr=1e-2), FusedAdamW(plain, lr=1e-2)
+    for _ in range(3):
+        for p, q in zip(scaled, plain):
+            g = random_like_param(p.shape, dtype, device)
+            p.grad, q.grad = g.clone(), g / 4
+        opt_scaled.step_scaled(torch.tensor([4.0], device=device))
+        opt_plain.step()
+        for p, q in zip(scaled, plain):
+            assert torch.equal(p, q)
+    for p, q in zip(scaled, plain):
+        for key, value in opt_plain.state[q].items():
+            assert torch.equal(opt_scaled.state[p][key], value), key
+
+
 def test_explicit_unscale_then_step(device):
     """scaler.unscale_ (e.g. for clipping) then scaler.step: grads are not unscaled twice."""
     model, x, y = _scaler_setup(device)

@@ -58,19 +58,19 @@ inline void adamw_block(const PairIO<L>& io, const AdamWTask& t, const AdamWCoef
 }
 
 // USUAL: the settings of almost every run (torch's lerp for beta1 > 0.5, not
-// maximizing, no grads to write back, no grad scale) as constants, which the
-// compiler folds: the loop has no branches that cut it apart and spills fewer
-// registers (AVX2 bfloat16 1.06x faster in cache). A grad times 1 is the same
-// bits (a signalling NaN is quieted by the next operation instead), so dropping
-// the multiply changes no result.
-template <class T, bool AMSGRAD, bool USUAL>
+// maximizing, no grads to write back) as constants, which the compiler folds:
+// the loop has no branches that cut it apart and spills fewer registers (AVX2
+// bfloat16 1.06x faster in cache). UNSCALED: no grad scale or clipping divisor,
+// so no multiply by grad_mult (a grad times 1 is the same bits; a signalling NaN
+// is quieted by the next operation instead).
+template <class T, bool AMSGRAD, bool USUAL, bool UNSCALED = false>
 PT_FLATTEN void adamw_loop(AdamWTask t, AdamWCoeffs<MathT<T>> c, int64_t begin, int64_t end) {
   if constexpr (USUAL) {
     c.lerp_small = true;
     c.maximize = false;
     t.write_back_grad = false;
-    c.grad_mult = 1;
   }
+  if constexpr (UNSCALED) c.grad_mult = 1;
   const AdamWTensors<T> x{static_cast<T*>(t.param), static_cast<T*>(t.grad),
                           static_cast<T*>(t.exp_avg), static_cast<T*>(t.exp_avg_sq),
                           static_cast<T*>(t.max_exp_avg_sq)};
@@ -96,8 +96,13 @@ void adamw_range(const void* task_ptr, int64_t begin, int64_t end) {
   // anything, which would make the compiler reload every field per vector.
   const AdamWTask t = *static_cast<const AdamWTask*>(task_ptr);
   const AdamWCoeffs<MathT<T>> c = *static_cast<const AdamWCoeffs<MathT<T>>*>(t.coeffs);
-  if (c.lerp_small && !c.maximize && !t.write_back_grad && c.grad_mult == 1) {
-    adamw_loop<T, AMSGRAD, true>(t, c, begin, end);
+  if (c.lerp_small && !c.maximize && !t.write_back_grad) {
+    // the Trainer's clipping passes a divisor on the steps that clip
+    if (c.grad_mult == 1) {
+      adamw_loop<T, AMSGRAD, true, true>(t, c, begin, end);
+    } else {
+      adamw_loop<T, AMSGRAD, true>(t, c, begin, end);
+    }
   } else {
     adamw_loop<T, AMSGRAD, false>(t, c, begin, end);
   }
