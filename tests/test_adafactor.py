@@ -1,6 +1,7 @@
 """Adafactor against transformers' math (in float64) and torch.optim.Adafactor."""
 from __future__ import annotations
 
+import contextlib
 import io
 
 import pytest
@@ -26,6 +27,17 @@ CONFIGS = {
     "lr-scale-beta1": dict(lr=3e-3, relative_step=False, scale_parameter=True, beta1=0.8),
     "clip-decay": dict(clip_threshold=0.5, decay_rate=-0.5, weight_decay=0.1),
 }
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    """torch's intra-op thread count set to n, and restored."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def grads_for(params, gen):
@@ -200,9 +212,7 @@ def test_results_do_not_depend_on_the_thread_count():
     torch.manual_seed(0)
     results = []
     for threads in (1, 2):
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             p = torch.nn.Parameter(torch.arange(150 * 2100, dtype=torch.float32).reshape(150, 2100)
                                    .sin())
             opt = Adafactor([p])
@@ -211,8 +221,6 @@ def test_results_do_not_depend_on_the_thread_count():
                 p.grad = torch.randn(p.shape, generator=gen)
                 opt.step()
             results.append(p.detach().clone())
-        finally:
-            torch.set_num_threads(previous)
     assert torch.equal(results[0], results[1])
 
 
@@ -223,15 +231,6 @@ def test_one_call_over_cache_groups_equals_each_tensor_alone(dtype):
     # float32 ({0, 1}, {2, 3}, {4}, {5}) and 3 in bfloat16 ({0-3}, {4}, {5}), tensor 4
     # larger than a group in both.
     shapes = [(700, 1100), (333,), (1500, 600), (5, 7, 9), (1500, 1500), (2000,)]
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        _step_together_and_alone(shapes, dtype)
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _step_together_and_alone(shapes, dtype):
     gen = torch.Generator().manual_seed(3)
     start = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
     together = [torch.nn.Parameter(t.clone()) for t in start]
@@ -239,13 +238,14 @@ def _step_together_and_alone(shapes, dtype):
     config = dict(beta1=0.9, weight_decay=0.01)
     opt = Adafactor(together, **config)
     opts = [Adafactor([p], **config) for p in alone]
-    for _ in range(2):
-        grads = grads_for(together, gen)
-        for p, q, g in zip(together, alone, grads):
-            p.grad, q.grad = g.clone(), g.clone()
-        opt.step()
-        for o in opts:
-            o.step()
+    with torch_threads(2):
+        for _ in range(2):
+            grads = grads_for(together, gen)
+            for p, q, g in zip(together, alone, grads):
+                p.grad, q.grad = g.clone(), g.clone()
+            opt.step()
+            for o in opts:
+                o.step()
     for p, q, o in zip(together, alone, opts):
         assert torch.equal(p, q)
         for key, value in o.state[q].items():

@@ -77,10 +77,10 @@ struct AdafactorKernels {
   AdafactorUnitFn update;        // pass 3, either kind
 };
 
-// The benchmarks' memory reference: outputs[k] += input for k < count (1 to 4).
+// The benchmarks' memory reference: outputs[k] += input for the 1 to 4 outputs
+// of the kernel it is passed to (IsaKernels::memory_pass).
 struct MemoryPassTask {
   float* outputs[4];
-  int count;
   const float* input;
 };
 
@@ -90,7 +90,7 @@ struct IsaKernels {
   RangeFn adamw[kNumDt][2];  // [param dtype][amsgrad]
   RangeFn anyprecision[kNumDt][3];  // [param dtype (not float64)][AnyPrecisionRounding]
   AdafactorKernels adafactor[kNumDt];  // [param dtype (not float64)]
-  RangeFn memory_pass[4];  // MemoryPassTask with [count - 1] outputs
+  RangeFn memory_pass[4];  // [outputs - 1]
 };
 
 const IsaKernels& isa_default();

@@ -28,11 +28,11 @@ void memory_pass_cpu(at::TensorList outputs, const at::Tensor& input) {
   check(input);
   MemoryPassTask task{};
   task.input = input.data_ptr<float>();
-  for (const at::Tensor& out : outputs) {
-    check(out);
-    task.outputs[task.count++] = out.data_ptr<float>();
+  for (size_t k = 0; k < outputs.size(); ++k) {
+    check(outputs[k]);
+    task.outputs[k] = outputs[k].data_ptr<float>();
   }
-  run_jobs({RangeJob{kernels().memory_pass[task.count - 1], &task, input.numel()}});
+  run_jobs({RangeJob{kernels().memory_pass[outputs.size() - 1], &task, input.numel()}});
 }
 
 }  // namespace
