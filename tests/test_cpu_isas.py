@@ -13,6 +13,7 @@ Adafactor's sums add in an order that depends on the vector width, so there
 the two AVX512 builds, which differ in the conversions alone, must agree."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import textwrap
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,7 +32,8 @@ from tests.optim_db import KERNEL_OPTIMS, OptimInfo, optims
 pytestmark = pytest.mark.skipif(not ops.available(), reason="compiled kernels not built")
 
 N = 4099  # not a multiple of any vector width: the tails run too
-BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,
+        torch.float16: torch.int16}
 
 
 # NaN payloads, as float32 bits: quiet and signalling, both signs, all mantissa bits set
@@ -219,3 +222,67 @@ def test_every_16_bit_value_converts_as_torch_does_on_every_isa(dtype):
         assert bool(m[~finite].isnan().all()), isa
         same_v = (v.view(bits) == expected_v.view(bits)) | (v.isnan() & expected_v.isnan())
         assert bool(same_v.all()), (isa, grad[~same_v][:4].tolist(), v[~same_v][:4].tolist())
+
+
+# ---------------------------------------------------------------- the bias-correction division
+def random_nonnegative(dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Random bit patterns of non-negative values over every exponent, subnormals
+    included, with zeros, inf and NaN among them."""
+    gen = torch.Generator().manual_seed(seed)
+    bits = BITS[dtype]
+    top = int(torch.tensor(float("inf"), dtype=dtype).view(bits))
+    x = torch.randint(0, top, (N,), generator=gen, dtype=torch.int64).to(bits).view(dtype)
+    specials = torch.tensor([0.0, -0.0, float("inf"), float("nan")], dtype=dtype)
+    x[torch.randint(0, N, (N // 20,), generator=gen)] = specials[
+        torch.randint(0, len(specials), (N // 20,), generator=gen)]
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_division_by_the_bias_correction_has_the_bits_of_a_division_on_every_isa(dtype):
+    """The kernels divide sqrt(v) by sqrt(1 - beta2^t) with a multiply by the
+    reciprocal and a fused correction (divide_math.h) where torch divides: the
+    quotient must still be the correctly rounded one, for every exponent of v
+    (subnormal, zero, inf, NaN) and bias corrections of several beta2 and steps.
+    With beta1 = 0, lr = 1 and a zero parameter the new parameter is
+    -g / (sqrt(v') / d + eps), computed here from the v' the kernel stored, with
+    numpy's square root (torch's CPU sqrt of float32, MKL's, is an ulp off for a
+    few inputs) and eps small enough to leave the quotient's last bits visible."""
+    eps = 1e-30 if dtype == torch.float32 else 1e-300
+    gen = torch.Generator().manual_seed(1)
+    # grads over most exponents too, so that v' = beta2 v + (1 - beta2) g^2 spans them
+    low, high = (-75, 60) if dtype == torch.float32 else (-540, 500)
+    grad = torch.ldexp(torch.randn(N, generator=gen, dtype=dtype),
+                       torch.randint(low, high, (N,), generator=gen).to(dtype))
+    for isa in ops.cpu_isas():
+        ops.kernels.set_cpu_isa(isa)
+        try:
+            p = torch.nn.Parameter(torch.zeros(N, dtype=dtype))
+            opt = FusedAdamW([p], lr=1.0, betas=(0.0, 0.999), eps=eps, weight_decay=0.0)
+            p.grad = grad.clone()
+            opt.step()
+            state = opt.state[p]
+            checked = 0
+            for case, (beta2, t) in enumerate(
+                    (beta2, t) for beta2 in (0.999, 0.95, 0.99999)
+                    for t in (1, 2, 3, 4, 5, 7, 10, 17, 31, 100, 333, 1000, 4321, 10**4, 10**5)):
+                opt.param_groups[0]["betas"] = (0.0, beta2)
+                state["step"].fill_(t - 1)
+                state["exp_avg"].zero_()
+                state["exp_avg_sq"].copy_(random_nonnegative(dtype, 100 + case))
+                p.data.zero_()
+                opt.step()
+                v = state["exp_avg_sq"]
+                d = torch.tensor(math.sqrt(1.0 - beta2 ** t), dtype=torch.float64).to(dtype)
+                root = torch.from_numpy(np.sqrt(v.numpy()))
+                expected = torch.zeros(N, dtype=dtype) + -grad / (root / d + eps)
+                same = (p.detach().view(BITS[dtype]) == expected.view(BITS[dtype])) | (
+                    p.detach().isnan() & expected.isnan())
+                assert bool(same.all()), (
+                    f"{isa}, beta2={beta2}, t={t}: {int((~same).sum())} of {N} differ, e.g. "
+                    f"v={v[~same][:3].tolist()}: {p.detach()[~same][:3].tolist()} "
+                    f"vs {expected[~same][:3].tolist()}")
+                checked += int(((root / d) != 0).sum())
+            assert checked > 0.8 * N * (case + 1)
+        finally:
+            ops.kernels.set_cpu_isa("")

@@ -8,6 +8,7 @@
 
 #include <math.h>
 
+#include "divisor.h"
 #include "macros.h"
 
 namespace pytrainer {
@@ -28,7 +29,7 @@ struct AdamWCoeffs {
   S lerp_w_minus_1;   // lerp_w - 1, torch's large-weight lerp branch
   S beta2;
   S one_minus_beta2;
-  S bc2_sqrt;         // sqrt(1 - beta2^t)
+  ConstDivisor<S> bc2_sqrt;  // sqrt(1 - beta2^t)
   S eps;
   S neg_step_size;    // -lr / (1 - beta1^t)
   bool apply_decay;
@@ -51,7 +52,7 @@ PT_HOST_DEVICE AdamWCoeffs<S> make_adamw_coeffs(const AdamWHyper& h, double lr,
   c.one_minus_beta2 = static_cast<S>(1.0 - h.beta2);
   const double bc1 = 1.0 - pow(h.beta1, step);
   const double bc2 = 1.0 - pow(h.beta2, step);
-  c.bc2_sqrt = static_cast<S>(sqrt(bc2));
+  c.bc2_sqrt = make_divisor(static_cast<S>(sqrt(bc2)));
   c.eps = static_cast<S>(h.eps);
   c.neg_step_size = static_cast<S>(-(lr / bc1));
   c.maximize = h.maximize;

@@ -3,13 +3,17 @@
 //
 // Included inside an ISA-specific namespace on the CPU (so each instruction set
 // gets its own instantiations) and directly by the CUDA kernels. The caller
-// provides vfma, vsqrt and vmax_nan for its vector type.
+// provides vfma, vsqrt and vmax_nan for its vector type, and what
+// divide_math.h needs.
 //
 // The float ops follow torch.optim.AdamW(foreach=False) op by op:
 //   param.mul_(1 - lr*wd); exp_avg.lerp_(grad, 1-beta1);
 //   exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1-beta2);
-//   denom = exp_avg_sq.sqrt() / bc2_sqrt + eps;  param.addcdiv_(exp_avg, denom, value=-step_size)
+//   denom = exp_avg_sq.sqrt() / bc2_sqrt + eps (the division without the divider,
+//           same bits: divide_math.h);  param.addcdiv_(exp_avg, denom, value=-step_size)
 // (lerp as ATen's vectorised lerp, addcmul as (value*t1)*t2, addcdiv as (value*t1)/t2).
+
+#include "common/divide_math.h"
 
 template <bool AMSGRAD, class V, class S>
 PT_DEVICE void adamw_update(V& p, V g, V& m, V& v, V& vmax, const AdamWCoeffs<S>& c) {
@@ -24,6 +28,6 @@ PT_DEVICE void adamw_update(V& p, V g, V& m, V& v, V& vmax, const AdamWCoeffs<S>
     vmax = vmax_nan(vmax, v);
     second = vmax;
   }
-  const V denom = vsqrt(second) / V(c.bc2_sqrt) + V(c.eps);
+  const V denom = div_by(vsqrt(second), c.bc2_sqrt) + V(c.eps);
   p = p + (V(c.neg_step_size) * m) / denom;
 }

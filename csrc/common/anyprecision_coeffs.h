@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "divisor.h"
 #include "macros.h"
 
 namespace pytrainer {
@@ -25,7 +26,7 @@ struct AnyPrecisionCoeffs {
   float decay;            // 1 - lr * weight_decay
   float beta1, one_minus_beta1;
   float beta2, one_minus_beta2;
-  float bc2_sqrt;         // sqrt(1 - beta2^t)
+  ConstDivisor<float> bc2_sqrt;  // sqrt(1 - beta2^t)
   float eps;
   float neg_step_size;    // -lr / (1 - beta1^t)
   bool apply_decay;
@@ -41,7 +42,7 @@ PT_HOST_DEVICE AnyPrecisionCoeffs make_anyprecision_coeffs(const AnyPrecisionHyp
   c.one_minus_beta1 = static_cast<float>(1.0 - h.beta1);
   c.beta2 = static_cast<float>(h.beta2);
   c.one_minus_beta2 = static_cast<float>(1.0 - h.beta2);
-  c.bc2_sqrt = static_cast<float>(sqrt(1.0 - pow(h.beta2, step)));
+  c.bc2_sqrt = make_divisor(static_cast<float>(sqrt(1.0 - pow(h.beta2, step))));
   c.eps = static_cast<float>(h.eps);
   c.neg_step_size = static_cast<float>(-(lr / (1.0 - pow(h.beta1, step))));
   return c;

@@ -39,11 +39,13 @@ inline float sround_stochastic(float x, Dt dt, uint32_t random) {
 }
 
 #if defined(PT_ISA_AVX512) || defined(PT_ISA_AVX2)
+constexpr bool kFusedMultiplyAdd = true;
 inline float vfma(float a, float b, float c) { return std::fma(a, b, c); }
 inline double vfma(double a, double b, double c) { return std::fma(a, b, c); }
 #else
 // Without FMA hardware std::fma is a slow library call; torch's scalar lerp
 // does not fuse either.
+constexpr bool kFusedMultiplyAdd = false;
 inline float vfma(float a, float b, float c) { return a * b + c; }
 inline double vfma(double a, double b, double c) { return a * b + c; }
 #endif
@@ -54,6 +56,11 @@ template <class S>
 inline S vmax_nan(S a, S b) {
   if (a != a || b != b) return a + b;
   return a > b ? a : b;
+}
+// The smaller of a and b; b where either is NaN, as x86's min instructions.
+template <class S>
+inline S vmin_b(S a, S b) {
+  return a < b ? a : b;
 }
 
 // ---------------------------------------------------------------- AVX-512
@@ -79,6 +86,7 @@ inline VecF vmax_nan(VecF a, VecF b) {
   const __mmask16 unordered = _mm512_cmp_ps_mask(a.v, b.v, _CMP_UNORD_Q);
   return _mm512_mask_blend_ps(unordered, _mm512_max_ps(a.v, b.v), _mm512_add_ps(a.v, b.v));
 }
+inline VecF vmin_b(VecF a, VecF b) { return _mm512_min_ps(a.v, b.v); }
 
 inline VecF vload(const float* p) { return _mm512_loadu_ps(p); }
 inline VecF vload(const c10::Half* p) {
@@ -193,6 +201,7 @@ inline VecF vmax_nan(VecF a, VecF b) {
   const __m256 unordered = _mm256_cmp_ps(a.v, b.v, _CMP_UNORD_Q);
   return _mm256_blendv_ps(_mm256_max_ps(a.v, b.v), _mm256_add_ps(a.v, b.v), unordered);
 }
+inline VecF vmin_b(VecF a, VecF b) { return _mm256_min_ps(a.v, b.v); }
 
 inline VecF vload(const float* p) { return _mm256_loadu_ps(p); }
 inline VecF vload(const c10::Half* p) {
@@ -342,6 +351,7 @@ inline VecF vmax_nan(VecF a, VecF b) {
   const I4 unordered = (a.v != a.v) | (b.v != b.v);
   return select(unordered, a.v + b.v, select(a.v > b.v, a.v, b.v));
 }
+inline VecF vmin_b(VecF a, VecF b) { return select(a.v < b.v, a.v, b.v); }
 
 template <class V, class T>
 inline V load_bytes(const T* p) {
@@ -482,6 +492,7 @@ inline VecF2 operator-(VecF2 x) { return {-x.a, -x.b}; }
 inline VecF2 vfma(VecF2 x, VecF2 y, VecF2 z) { return {vfma(x.a, y.a, z.a), vfma(x.b, y.b, z.b)}; }
 inline VecF2 vsqrt(VecF2 x) { return {vsqrt(x.a), vsqrt(x.b)}; }
 inline VecF2 vmax_nan(VecF2 x, VecF2 y) { return {vmax_nan(x.a, y.a), vmax_nan(x.b, y.b)}; }
+inline VecF2 vmin_b(VecF2 x, VecF2 y) { return {vmin_b(x.a, y.a), vmin_b(x.b, y.b)}; }
 
 // a: elements [i, i + width), b: the next width.
 struct InOrder {};

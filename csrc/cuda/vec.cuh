@@ -168,6 +168,7 @@ PT_DEVICE bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 
+constexpr bool kFusedMultiplyAdd = true;
 PT_DEVICE float vfma(float a, float b, float c) { return fmaf(a, b, c); }
 PT_DEVICE double vfma(double a, double b, double c) { return fma(a, b, c); }
 PT_DEVICE float vsqrt(float a) { return sqrtf(a); }
@@ -177,6 +178,11 @@ template <class S>
 PT_DEVICE S vmax_nan(S a, S b) {
   if (a != a || b != b) return a + b;
   return a > b ? a : b;
+}
+// The smaller of a and b; b where either is NaN.
+template <class S>
+PT_DEVICE S vmin_b(S a, S b) {
+  return a < b ? a : b;
 }
 
 }  // namespace pytrainer::cuda
