@@ -4,12 +4,34 @@
 //
 // Included by isa_kernels.h after simd.h, inside the ISA's namespace.
 
+// ---------------------------------------------------------------- prefetch
+// Out of cache, the hardware prefetchers alone keep too few lines in flight for
+// the four to six streams of a step: the loads wait for memory, then the
+// arithmetic waits for the loads, and the two take turns instead of overlapping
+// (bfloat16 AdamW spent about the sum of its in-cache time and the memory's).
+// Each stream's loop asks for the line kPrefetchBytes ahead of what it loads
+// (bfloat16 AdamW 1.7x faster on a 2-core Xeon with AVX512-BF16; 2 and 4 KB
+// ahead measured the same).
+constexpr int64_t kPrefetchBytes = 1024;
+// Prefetches the cache lines of [p, p + bytes) + kPrefetchBytes. The address is
+// computed as an integer: it may lie past the end of the array (a prefetch never
+// faults, but pointer arithmetic past the end is undefined).
+inline void prefetch_ahead(const void* p, int64_t bytes) {
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(p) + kPrefetchBytes;
+  for (int64_t offset = 0; offset < bytes; offset += 64) {
+    __builtin_prefetch(reinterpret_cast<const void*>(ahead + offset));
+  }
+}
+
 template <class L>
 struct PairIO {
   using V = VecF2;
   static constexpr int n = 2 * VecF::width;
   template <class T>
-  V load(const T* p) const { return vload2(L{}, p); }
+  V load(const T* p) const {
+    prefetch_ahead(p, n * sizeof(T));
+    return vload2(L{}, p);
+  }
   // A float32 array the kernel filled in this layout's order (pair_slot).
   V load_arranged(const float* p) const { return {vload(p), vload(p + VecF::width)}; }
   template <class T>
@@ -19,6 +41,8 @@ struct PairIO {
   V store_round(T* p, V x) const { return vstore_round2(L{}, p, x); }
   V load_any(const void* base, Dt dt, int64_t i) const {
     static_assert(std::is_same_v<L, InOrder>, "states of run-time dtypes load in order");
+    const int64_t size = dt == kF32 ? 4 : 2;
+    prefetch_ahead(static_cast<const char*>(base) + i * size, n * size);
     return {vload_any(base, dt, i), vload_any(base, dt, i + VecF::width)};
   }
   V store_round_any(void* base, Dt dt, int64_t i, V x) const {
