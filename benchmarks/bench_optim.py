@@ -18,13 +18,16 @@ same way.
 
 pytrainer's CPU kernels run with the instruction set the machine picks, or with
 each one named by ``--isa`` (``all``: every one this CPU can run), in the same
-rounds; ``PYTRAINER_CPU_ISA`` forces one for a whole process. The portable
-``DEFAULT`` build, the fallback for CPUs without AVX2, is measured against torch's
-own portable kernels: in a second process of this script started with
-``ATEN_CPU_CAPABILITY=default`` (torch reads it once, at start) and
-``PYTRAINER_CPU_ISA=DEFAULT``, whose rows (``torch_cpu_capability``: ``DEFAULT``)
-join this one's. (pytrainer follows torch's capability unless ``PYTRAINER_CPU_ISA``
-names one, which wins; that process sets both, so each says what it runs.)
+rounds; ``PYTRAINER_CPU_ISA`` forces one for a whole process. Each build is
+compared with torch's kernels of the same vector width: where torch's kernels
+here are wider (its AVX-512 ones on an AVX-512 machine), the ``AVX2`` build and
+the portable ``DEFAULT`` one (the fallback for CPUs without AVX2) are measured in
+processes of their own started with ``ATEN_CPU_CAPABILITY=avx2`` or ``default``
+(torch reads it once, at start) and ``PYTRAINER_CPU_ISA`` naming the build, whose
+rows (``torch_cpu_capability``: ``AVX2``, ``DEFAULT``) join this one's: on an
+AVX-512 machine that is what an AVX2 machine's user compares. (pytrainer follows
+torch's capability unless ``PYTRAINER_CPU_ISA`` names one, which wins; those
+processes set both, so each says what it runs.)
 
     python benchmarks/bench_optim.py                     # CPU, and CUDA when present
     python benchmarks/bench_optim.py --devices cpu --isa all
@@ -459,32 +462,41 @@ def environment(device, isas):
     return env
 
 
-#: how the portable builds' process is started (see the module's docstring)
-DEFAULT_CAPABILITY_ENV = {"ATEN_CPU_CAPABILITY": "default", "PYTRAINER_CPU_ISA": "DEFAULT"}
+#: torch's CPU capability (ATEN_CPU_CAPABILITY) of the same vector width as each of
+#: pytrainer's narrower builds; the AVX-512 builds run beside torch's widest kernels
+TORCH_CAPABILITY_OF_ISA = {"AVX2": "avx2", "DEFAULT": "default"}
 
 
-def split_default_isa(isas: list[str] | None) -> tuple[list[str] | None, bool]:
-    """The instruction sets to measure in this process, and whether the DEFAULT
-    build goes to a process of its own: unless torch already runs its portable
-    kernels here, its anchors in this process are vectorised ones."""
-    if not isas or "DEFAULT" not in isas or torch.backends.cpu.get_cpu_capability() == "DEFAULT":
-        return isas, False
-    return [isa for isa in isas if isa != "DEFAULT"], True
+def capability_env(isa: str) -> dict[str, str]:
+    """How the process of a build measured apart is started (see the docstring)."""
+    return {"ATEN_CPU_CAPABILITY": TORCH_CAPABILITY_OF_ISA[isa], "PYTRAINER_CPU_ISA": isa}
 
 
-def run_default_capability(args) -> dict:
-    """This script's CPU measurement of the DEFAULT build in a process where torch
-    runs its own default-capability kernels; returns its JSON (its tables are
-    printed as they come)."""
+def split_isas(isas: list[str] | None) -> tuple[list[str] | None, list[str]]:
+    """The instruction sets to measure in this process, and those that go to
+    processes of their own: builds narrower than torch's kernels here, whose
+    anchors in this process would be torch's wider ones."""
+    here = torch.backends.cpu.get_cpu_capability().lower()
+    apart = [isa for isa in isas or ()
+             if isa in TORCH_CAPABILITY_OF_ISA and TORCH_CAPABILITY_OF_ISA[isa] != here]
+    return (None if isas is None else [isa for isa in isas if isa not in apart]), apart
+
+
+def run_apart(args, isa: str) -> dict:
+    """This script's CPU measurement of one build in a process where torch runs
+    its kernels of the same width; returns its JSON (its tables are printed as
+    they come)."""
+    env = capability_env(isa)
     with tempfile.TemporaryDirectory() as out:
         argv = [sys.executable, str(Path(__file__).resolve()), "--devices", "cpu", "--isa",
-                "DEFAULT", "--dtypes", *args.dtypes, "--rounds", str(args.rounds), "--steps",
+                isa, "--dtypes", *args.dtypes, "--rounds", str(args.rounds), "--steps",
                 str(args.steps), "--out", out, "--no-plot"]
         argv += ["--sets", *args.sets] if args.sets else []
         argv += ["--quick"] if args.quick else []
-        print(f"\nDEFAULT build against torch's default capability, in a process of its own "
-              f"({' '.join(f'{k}={v}' for k, v in DEFAULT_CAPABILITY_ENV.items())}):", flush=True)
-        subprocess.run(argv, env={**os.environ, **DEFAULT_CAPABILITY_ENV}, check=True)
+        print(f"\n{isa} build against torch's {env['ATEN_CPU_CAPABILITY']} capability, in a "
+              f"process of its own ({' '.join(f'{k}={v}' for k, v in env.items())}):",
+              flush=True)
+        subprocess.run(argv, env={**os.environ, **env}, check=True)
         return json.loads((Path(out) / "bench_optim.json").read_text())
 
 
@@ -518,10 +530,10 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     all_rows, errors = [], []
-    cpu_isas_here, default_apart = split_default_isa(isas)
+    cpu_isas_here, apart = split_isas(isas)
     for device in devices:
-        if device == "cpu" and default_apart and not cpu_isas_here:
-            continue  # only DEFAULT asked for: all of it in the other process
+        if device == "cpu" and apart and not cpu_isas_here:
+            continue  # only builds measured apart asked for: all of it in their processes
         timer = Timer(device)
         copy = memory_reference_fn(device, args.quick)
         for set_name, shapes in param_sets(device, args.quick).items():
@@ -533,8 +545,9 @@ def main(argv=None):
                 cands += captured_candidates(dtype, device, set_name)
                 if set_name in MODEL_SETS:
                     cands = [c for c in cands if not is_slow(c)]
-                if device == "cpu" and os.environ.get("ATEN_CPU_CAPABILITY") == "default":
-                    # the DEFAULT build's process: torch's candidates only as anchors
+                if device == "cpu" and os.environ.get("PYTRAINER_CPU_ISA") in TORCH_CAPABILITY_OF_ISA \
+                        and os.environ.get("ATEN_CPU_CAPABILITY"):
+                    # a narrower build's process: torch's candidates only as anchors
                     cands = [c for c in cands if c.isa or c.name in {x.anchor for x in cands}]
                 # the many-tensor set: pytrainer and torch fused also on one tensor, same rounds
                 many = len(shapes) > 1000 or args.quick and set_name not in ("llama", *MODEL_SETS)
@@ -556,10 +569,10 @@ def main(argv=None):
                                   f"{torch_kernels}")
                 all_rows += rows
     summary = []
-    if "cpu" in devices and default_apart:
-        apart = run_default_capability(args)
-        all_rows += apart["rows"]
-        summary += apart["summary"]
+    for isa in apart if "cpu" in devices else ():
+        result_apart = run_apart(args, isa)
+        all_rows += result_apart["rows"]
+        summary += result_apart["summary"]
     summary += [f"{r['device']} {r['dtype']} {r['optimizer']}{' ' + r['isa'] if r['isa'] else ''}: "
                f"{r['tensors']} tensors take "
                f"{r['time_over_one_tensor']:.2f}x the time of one tensor of the same size "
