@@ -500,6 +500,13 @@ def run_apart(args, isa: str) -> dict:
         return json.loads((Path(out) / "bench_optim.json").read_text())
 
 
+def kernels_of(row: dict) -> str:
+    """Which kernels a row ran: pytrainer's ISA, or torch's CPU capability."""
+    if row["isa"]:
+        return row["isa"]
+    return f"(torch {row['torch_cpu_capability']})" if row.get("torch_cpu_capability") else ""
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", nargs="+", default=None,
@@ -568,12 +575,9 @@ def main(argv=None):
                                   f"{dtype_name}; memory reference {rows[0]['copy_gb_s']:.1f} GB/s"
                                   f"{torch_kernels}")
                 all_rows += rows
-    summary = []
     for isa in apart if "cpu" in devices else ():
-        result_apart = run_apart(args, isa)
-        all_rows += result_apart["rows"]
-        summary += result_apart["summary"]
-    summary += [f"{r['device']} {r['dtype']} {r['optimizer']}{' ' + r['isa'] if r['isa'] else ''}: "
+        all_rows += run_apart(args, isa)["rows"]  # its summary lines come from its rows below
+    summary = [f"{r['device']} {r['dtype']} {r['optimizer']} {kernels_of(r)}: "
                f"{r['tensors']} tensors take "
                f"{r['time_over_one_tensor']:.2f}x the time of one tensor of the same size "
                f"(median of per-round ratios)"

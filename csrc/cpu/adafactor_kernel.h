@@ -46,8 +46,8 @@ void row_sums(const T* g, const T* p, float* cols, int64_t j, int64_t end, float
   if constexpr (VecF::width > 1) {
     const VecF gm(grad_mult);
     for (; j + VecF::width <= end; j += VecF::width) {
-      prefetch_ahead(g + j, VecF::width * sizeof(T));
-      prefetch_ahead(p + j, VecF::width * sizeof(T));
+      prefetch_stream(g + j, VecF::width);
+      prefetch_stream(p + j, VecF::width);
       const VecF gv = vload(g + j) * gm;
       const VecF g2 = gv * gv;
       row = row + g2;
@@ -111,9 +111,8 @@ void adafactor_vector_sums(const AdafactorEntry& e, const AdafactorCpuStep& s, i
   if constexpr (VecF::width > 1) {
     const VecF gm(grad_mult);
     for (; j + VecF::width <= t.col_end; j += VecF::width) {
-      prefetch_ahead(g + j, VecF::width * sizeof(T));
-      prefetch_ahead(p + j, VecF::width * sizeof(T));
-      prefetch_ahead(v + j, VecF::width * sizeof(float));
+      prefetch_stream(g + j, VecF::width);
+      prefetch_stream(p + j, VecF::width);
       const VecF gv = vload(g + j) * gm;
       const VecF vv = adafactor_full_state(vload(v + j), gv, beta2, one_minus_beta2, eps1);
       vstore(v + j, vv);
@@ -161,7 +160,7 @@ float row_norm(const T* g, const float* col_factor, int64_t col0, int64_t j, int
   if constexpr (VecF::width > 1) {
     const VecF gm(grad_mult), rv(r);
     for (; j + VecF::width <= end; j += VecF::width) {
-      prefetch_ahead(g + j, VecF::width * sizeof(T));
+      prefetch_stream(g + j, VecF::width);
       const VecF U = (rv * vload(col_factor + (j - col0))) * (vload(g + j) * gm);
       usq = usq + U * U;
     }

@@ -9,10 +9,10 @@
 // element before loading the next output's at the same offset modulo 4 KB
 // (separately allocated buffers of the same size) waits for the store, and a
 // per-element loop measures that, not the memory. Every stream is prefetched
-// as the kernels' are (vector_io.h), or the reference would move less than
-// they do. Blocks of 64 elements per stream in turn, generic SSE2 code, read
-// 30-40% less than this on a 2-core Intel Xeon (AVX-512), below what float32
-// AdamW itself moved there.
+// as the kernels' 16-bit streams are (vector_io.h): the reference must not read
+// below what any kernel moves. Blocks of 64 elements per stream in turn,
+// generic SSE2 code, read 30-40% less than this on a 2-core Intel Xeon
+// (AVX-512), below what float32 AdamW itself moved there.
 template <int K>
 PT_FLATTEN void memory_pass_loop(const void* task_ptr, int64_t begin, int64_t end) {
   const MemoryPassTask& t = *static_cast<const MemoryPassTask*>(task_ptr);
