@@ -577,7 +577,8 @@ def main(argv=None):
                 all_rows += rows
     for isa in apart if "cpu" in devices else ():
         all_rows += run_apart(args, isa)["rows"]  # its summary lines come from its rows below
-    summary = [f"{r['device']} {r['dtype']} {r['optimizer']} {kernels_of(r)}: "
+    summary = [" ".join(filter(None, (r["device"], r["dtype"], r["optimizer"], kernels_of(r))))
+               + ": "
                f"{r['tensors']} tensors take "
                f"{r['time_over_one_tensor']:.2f}x the time of one tensor of the same size "
                f"(median of per-round ratios)"
