@@ -538,6 +538,10 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     all_rows, errors = [], []
     cpu_isas_here, apart = split_isas(isas)
+    # started by run_apart: torch's candidates only as the anchors of the build measured
+    forced = os.environ.get("PYTRAINER_CPU_ISA")
+    anchors_only = forced in TORCH_CAPABILITY_OF_ISA and all(
+        os.environ.get(k) == v for k, v in capability_env(forced).items())
     for device in devices:
         if device == "cpu" and apart and not cpu_isas_here:
             continue  # only builds measured apart asked for: all of it in their processes
@@ -552,9 +556,7 @@ def main(argv=None):
                 cands += captured_candidates(dtype, device, set_name)
                 if set_name in MODEL_SETS:
                     cands = [c for c in cands if not is_slow(c)]
-                if device == "cpu" and os.environ.get("PYTRAINER_CPU_ISA") in TORCH_CAPABILITY_OF_ISA \
-                        and os.environ.get("ATEN_CPU_CAPABILITY"):
-                    # a narrower build's process: torch's candidates only as anchors
+                if device == "cpu" and anchors_only:
                     cands = [c for c in cands if c.isa or c.name in {x.anchor for x in cands}]
                 # the many-tensor set: pytrainer and torch fused also on one tensor, same rounds
                 many = len(shapes) > 1000 or args.quick and set_name not in ("llama", *MODEL_SETS)

@@ -85,12 +85,17 @@ def run(isa: str, make_optimizer, dtype: torch.dtype, finite: bool,
         ops.kernels.set_cpu_isa("")
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Where a and b hold the same bits, or both a NaN (of any payload)."""
+    return (a.view(BITS[a.dtype]) == b.view(BITS[b.dtype])) | (a.isnan() & b.isnan())
+
+
 def assert_same_values(results: dict[str, list[torch.Tensor]], reference: str) -> None:
     """Bit for bit, except that a NaN only has to be a NaN."""
     expected = results.pop(reference)
     for isa, tensors in results.items():
         for i, (a, b) in enumerate(zip(tensors, expected)):
-            same = (a.view(BITS[a.dtype]) == b.view(BITS[b.dtype])) | (a.isnan() & b.isnan())
+            same = same_bits(a, b)
             assert bool(same.all()), (
                 f"{isa}, tensor {i}: {int((~same).sum())} elements differ from {reference}, "
                 f"e.g. {a[~same][:4].tolist()} vs {b[~same][:4].tolist()}")
@@ -220,7 +225,7 @@ def test_every_16_bit_value_converts_as_torch_does_on_every_isa(dtype):
         # an infinite grad makes the momentum NaN (0 * inf in the lerp), as torch's
         assert torch.equal(m[finite].view(bits), expected_m[finite].view(bits)), isa
         assert bool(m[~finite].isnan().all()), isa
-        same_v = (v.view(bits) == expected_v.view(bits)) | (v.isnan() & expected_v.isnan())
+        same_v = same_bits(v, expected_v)
         assert bool(same_v.all()), (isa, grad[~same_v][:4].tolist(), v[~same_v][:4].tolist())
 
 
@@ -276,8 +281,7 @@ def test_division_by_the_bias_correction_has_the_bits_of_a_division_on_every_isa
                 d = torch.tensor(math.sqrt(1.0 - beta2 ** t), dtype=torch.float64).to(dtype)
                 root = torch.from_numpy(np.sqrt(v.numpy()))
                 expected = torch.zeros(N, dtype=dtype) + -grad / (root / d + eps)
-                same = (p.detach().view(BITS[dtype]) == expected.view(BITS[dtype])) | (
-                    p.detach().isnan() & expected.isnan())
+                same = same_bits(p.detach(), expected)
                 assert bool(same.all()), (
                     f"{isa}, beta2={beta2}, t={t}: {int((~same).sum())} of {N} differ, e.g. "
                     f"v={v[~same][:3].tolist()}: {p.detach()[~same][:3].tolist()} "
