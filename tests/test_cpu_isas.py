@@ -133,6 +133,53 @@ def test_every_isa_stores_the_bits_of_the_portable_build(info, dtype):
     assert_same_values(results, "DEFAULT")
 
 
+
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adamw", "amsgrad"])
+def test_blocks_with_and_without_nan_store_the_bits_of_the_portable_build(amsgrad):
+    """AVX2 bfloat16 AdamW stores a block of values without NaN by a rounding
+    that has no NaN case (vector_io.h's NaNSeen). NaN of every payload and
+    infinities in three blocks of 256 only, numbers in the others, so that a step
+    takes both kinds of stores: strictly bit for bit, NaN included (0x7fc0, as
+    torch; x86 arithmetic makes 0xffc00000, inf / inf in the update, which the
+    rounding without the NaN case would store as 0xffc0), and the blocks without
+    specials stay free of them."""
+    block = 256
+    special = torch.zeros(N, dtype=torch.bool)
+    for b in (2, 5, 9):
+        special[b * block:(b + 1) * block] = True
+    results = {}
+    for isa in ops.cpu_isas():
+        ops.kernels.set_cpu_isa(isa)
+        try:
+            start = torch.randn(N, generator=torch.Generator().manual_seed(5))
+            p = torch.nn.Parameter(start.to(torch.bfloat16))
+            opt = FusedAdamW([p], lr=1e-2, weight_decay=0.1, amsgrad=amsgrad)
+            for step in range(3):
+                grad = edge_values(step + 1, finite=True)
+                grad[2 * block + 3:2 * block + 3 + len(NAN_BITS)] = from_bits(
+                    torch.tensor(NAN_BITS))
+                grad[5 * block + 17] = float("inf")
+                grad[5 * block + 40] = float("-inf")
+                p.grad = grad.to(torch.bfloat16)
+                if step == 1:
+                    p.data[9 * block + 100] = float("inf")
+                opt.step()
+            results[isa] = [p.detach()] + [s for s in opt.state[p].values() if s.dim() > 0]
+        finally:
+            ops.kernels.set_cpu_isa("")
+    expected = results.pop("DEFAULT")
+    for t in expected:
+        assert bool(t[~special].isfinite().all())
+        assert not bool(t[special].isfinite().all())
+    for isa, tensors in results.items():
+        for i, (a, b) in enumerate(zip(tensors, expected)):
+            same = a.view(torch.int16) == b.view(torch.int16)
+            assert bool(same.all()), (
+                f"{isa}, tensor {i}: {int((~same).sum())} elements differ, at "
+                f"{(~same).nonzero().flatten()[:4].tolist()}: "
+                f"{a[~same][:4].view(torch.int16).tolist()} vs "
+                f"{b[~same][:4].view(torch.int16).tolist()}")
+
 # vectors, and for factored states a matrix and a batch of matrices
 SHAPES = [(N,)]
 FACTORED_SHAPES = [(N,), (61, 67), (3, 20, 60)]

@@ -1,6 +1,7 @@
 // a / d for a ConstDivisor d, with the bits of the IEEE division, for every
 // vector type (CPU SIMD vectors, float and double on CPU tails and CUDA). The
-// caller provides vfma, vmin_b and kFusedMultiplyAdd.
+// caller provides vfma, vfms (a * b - c, one rounding), vmin_b and
+// kFusedMultiplyAdd.
 //
 // Markstein's correction: q = a * (1/d) is within an ulp of a/d; the fused
 // multiply-add gives its residual q*d - a exactly, and one more fused step
@@ -22,7 +23,7 @@ template <class V, class S>
 PT_DEVICE V div_by(V a, const ConstDivisor<S>& d) {
   if constexpr (kFusedMultiplyAdd) {
     const V q = a * V(d.recip);
-    const V residual = vmin_b(vfma(q, V(d.value), -a), V(d.max_finite));
+    const V residual = vmin_b(vfms(q, V(d.value), a), V(d.max_finite));
     return vfma(residual, V(d.neg_recip), q);
   } else {
     return a / V(d.value);

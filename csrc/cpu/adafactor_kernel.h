@@ -136,12 +136,29 @@ void adafactor_vector_sums(const AdafactorEntry& e, const AdafactorCpuStep& s, i
 }
 
 // 1/sqrt of the column states of the run's columns, computed once per run, in
-// the order in which pairs of layout L read them (pair_slot).
+// the order in which pairs of layout L read them (pair_slot). In vectors: one
+// scalar square root and division per column cost as much as a pass's whole
+// arithmetic on the 16 rows of a bfloat16 tile under that column.
 template <class L = InOrder>
 inline void run_col_factors(const AdafactorEntry& e, const TileRun& r, float* out) {
   const float* c = e.state_col + r.first.batch * e.cols + r.first.col_begin;
   const int64_t n = r.col_end - r.first.col_begin;
-  for (int64_t j = 0; j < n; ++j) out[pair_slot(L{}, j, n)] = adafactor_inv_sqrt(c[j]);
+  int64_t j = 0;
+  if constexpr (VecF::width > 1) {
+    constexpr int kPair = 2 * VecF::width;
+    for (; j + kPair <= n; j += kPair) {
+      if constexpr (std::is_same_v<L, InOrder>) {
+        vstore(out + j, adafactor_inv_sqrt(vload(c + j)));
+        vstore(out + j + VecF::width, adafactor_inv_sqrt(vload(c + j + VecF::width)));
+      } else {
+        alignas(64) float f[kPair];
+        vstore(f, adafactor_inv_sqrt(vload(c + j)));
+        vstore(f + VecF::width, adafactor_inv_sqrt(vload(c + j + VecF::width)));
+        for (int k = 0; k < kPair; ++k) out[j + pair_slot(L{}, k, kPair)] = f[k];
+      }
+    }
+  }
+  for (; j < n; ++j) out[pair_slot(L{}, j, n)] = adafactor_inv_sqrt(c[j]);
 }
 
 inline float row_factor(const AdafactorEntry& e, const AdafactorCpuStep& s, const Tile& t,
@@ -197,30 +214,71 @@ void adafactor_tile_norm(const AdafactorEntry& e, const AdafactorCpuStep& s, int
   }
 }
 
+// What pass 3 reads per element, copied out of the entry and the step: the
+// stores go through pointers that may alias anything, so fields read through
+// references would be loaded again for every pair.
+template <class T>
+struct AdafactorUpdateArgs {
+  T *p, *g;
+  float *exp_avg, *state;
+  float grad_mult;
+  bool write_back_grad;
+};
+
 // Pass 3 over elements [k, k + io.n) of one tile row; col_factor[j]: their
 // column factors (arranged for io), rf their row factor.
 template <bool FACTORED, bool USUAL, class IO, class T>
-inline void adafactor_update_elements(const IO& io, const AdafactorEntry& e,
-                                      const AdafactorApply& a, const AdafactorCpuStep& s,
-                                      const float* col_factor, float rf, int64_t k, int64_t j) {
+inline void adafactor_update_elements(const IO& io, const AdafactorUpdateArgs<T>& x,
+                                      const AdafactorApply& a, const float* col_factor,
+                                      float rf, int64_t k, int64_t j) {
   using V = typename IO::V;
-  T* g = static_cast<T*>(e.grad);
-  T* p = static_cast<T*>(e.param);
-  const V gv = io.load(g + k) * V(s.grad_mult);
+  const V gv = io.load(x.g + k) * V(x.grad_mult);
   V U;
   if constexpr (FACTORED) {
     U = (V(rf) * io.load_arranged(col_factor + j)) * gv;
   } else {
-    U = adafactor_inv_sqrt(io.load(e.state_row + k)) * gv;
+    U = adafactor_inv_sqrt(io.load(x.state + k)) * gv;
   }
   if constexpr (USUAL) {
     V unused(0.0f);
-    io.store(p + k, adafactor_apply(io.load(p + k), U, unused, a));
+    io.store(x.p + k, adafactor_apply(io.load(x.p + k), U, unused, a));
   } else {
-    if (s.write_back_grad) io.store(g + k, gv);
-    V mv = a.first_moment ? io.load(e.exp_avg + k) : V(0.0f);
-    io.store(p + k, adafactor_apply(io.load(p + k), U, mv, a));
-    if (a.first_moment) io.store(e.exp_avg + k, mv);
+    if (x.write_back_grad) io.store(x.g + k, gv);
+    V mv = a.first_moment ? io.load(x.exp_avg + k) : V(0.0f);
+    io.store(x.p + k, adafactor_apply(io.load(x.p + k), U, mv, a));
+    if (a.first_moment) io.store(x.exp_avg + k, mv);
+  }
+}
+
+// Pass 3 over the rows of a run. DECAY: whether there is weight decay, as a
+// constant: a test per pair kept the loop from being unswitched.
+template <class T, bool FACTORED, bool USUAL, bool DECAY, class L>
+inline void adafactor_update_rows(const AdafactorEntry& e, const AdafactorCpuStep& s,
+                                  const TileRun& r, AdafactorApply a, const float* col_factor) {
+  a.decay = DECAY;
+  const AdafactorUpdateArgs<T> x{static_cast<T*>(e.param), static_cast<T*>(e.grad), e.exp_avg,
+                                 e.state_row, s.grad_mult, s.write_back_grad};
+  const Tile& t = r.first;
+  for (int64_t i = t.row_begin; i < t.row_end; ++i) {
+    const int64_t base = (t.batch * e.rows + i) * e.cols;
+    const float rf = FACTORED ? row_factor(e, s, t, i) : 0.0f;
+    const int64_t k0 = base + t.col_begin;  // col_factor[k - k0]: the factor of element k
+    const int64_t end = base + r.col_end;
+    int64_t k = k0;
+    if constexpr (VecF::width > 1) {
+      const PairIO<L> pairs;
+      for (; k + pairs.n <= end; k += pairs.n) {
+        adafactor_update_elements<FACTORED, USUAL>(pairs, x, a, col_factor, rf, k, k - k0);
+      }
+      const VecIO vec;
+      for (; k + vec.n <= end; k += vec.n) {
+        adafactor_update_elements<FACTORED, USUAL>(vec, x, a, col_factor, rf, k, k - k0);
+      }
+    }
+    const ScalarIO<float> one;
+    for (; k < end; ++k) {
+      adafactor_update_elements<FACTORED, USUAL>(one, x, a, col_factor, rf, k, k - k0);
+    }
   }
 }
 
@@ -235,34 +293,14 @@ PT_FLATTEN void adafactor_update_loop(const AdafactorEntry& e, const AdafactorCp
                                       int64_t unit, int64_t count) {
   using L = std::conditional_t<FACTORED && USUAL, PairLayout<T>, InOrder>;
   const TileRun r = tile_run(e, unit, count);
-  const Tile& t = r.first;
   AdafactorApply a = adafactor_apply_args(e, s);
   if constexpr (USUAL) a.first_moment = false;
   float col_factor[kAdafactorCpuRunTiles * kAdafactorTileCols16];
   if constexpr (FACTORED) run_col_factors<L>(e, r, col_factor);
-  for (int64_t i = t.row_begin; i < t.row_end; ++i) {
-    const int64_t base = (t.batch * e.rows + i) * e.cols;
-    const float rf = FACTORED ? row_factor(e, s, t, i) : 0.0f;
-    const int64_t k0 = base + t.col_begin;  // col_factor[k - k0]: the factor of element k
-    const int64_t end = base + r.col_end;
-    int64_t k = k0;
-    if constexpr (VecF::width > 1) {
-      const PairIO<L> pairs;
-      for (; k + pairs.n <= end; k += pairs.n) {
-        adafactor_update_elements<FACTORED, USUAL, PairIO<L>, T>(pairs, e, a, s, col_factor, rf,
-                                                                 k, k - k0);
-      }
-      const VecIO vec;
-      for (; k + vec.n <= end; k += vec.n) {
-        adafactor_update_elements<FACTORED, USUAL, VecIO, T>(vec, e, a, s, col_factor, rf, k,
-                                                             k - k0);
-      }
-    }
-    const ScalarIO<float> one;
-    for (; k < end; ++k) {
-      adafactor_update_elements<FACTORED, USUAL, ScalarIO<float>, T>(one, e, a, s, col_factor, rf,
-                                                                     k, k - k0);
-    }
+  if (a.decay) {
+    adafactor_update_rows<T, FACTORED, USUAL, true, L>(e, s, r, a, col_factor);
+  } else {
+    adafactor_update_rows<T, FACTORED, USUAL, false, L>(e, s, r, a, col_factor);
   }
 }
 

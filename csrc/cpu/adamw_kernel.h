@@ -36,24 +36,52 @@ inline void adamw_elements(const IO& io, const AdamWTask& t, const AdamWCoeffs<M
   if constexpr (AMSGRAD) io.store(x.vmax + i, xv);
 }
 
+template <bool AMSGRAD>
+struct AdamWStaged {
+  Staged p, m, v, vmax;
+};
+
+// The second pass of a block: the stores. NUMBERS: the values hold no NaN.
+template <bool NUMBERS, bool AMSGRAD, class L, class T>
+inline void adamw_block_stores(const PairIO<L>& io, const AdamWStaged<AMSGRAD>& s,
+                               const AdamWTensors<T>& x, int64_t i) {
+  const auto store = [&](T* p, VecF2 v) {
+    if constexpr (NUMBERS) {
+      io.store_number(p, v);
+    } else {
+      io.store(p, v);
+    }
+  };
+  for (int k = 0; k < kBlock; k += io.n) {
+    store(x.p + i + k, s.p.get(k));
+    store(x.m + i + k, s.m.get(k));
+    store(x.v + i + k, s.v.get(k));
+    if constexpr (AMSGRAD) store(x.vmax + i + k, s.vmax.get(k));
+  }
+}
+
 // kBlock elements in two passes (vector_io.h): the math, then the stores.
 template <bool AMSGRAD, class L, class T>
 inline void adamw_block(const PairIO<L>& io, const AdamWTask& t, const AdamWCoeffs<float>& c,
                         const AdamWTensors<T>& x, int64_t i) {
-  Staged p_new, m_new, v_new, x_new;
+  AdamWStaged<AMSGRAD> s;
+  NaNSeen nan;
   for (int k = 0; k < kBlock; k += io.n) {
     VecF2 pv, mv, vv, xv;
     adamw_compute<AMSGRAD>(io, t, c, x, i + k, pv, mv, vv, xv);
-    p_new.put(k, pv);
-    m_new.put(k, mv);
-    v_new.put(k, vv);
-    if constexpr (AMSGRAD) x_new.put(k, xv);
+    s.p.put(k, pv);
+    s.m.put(k, mv);
+    s.v.put(k, vv);
+    if constexpr (AMSGRAD) s.vmax.put(k, xv);
+    nan.add(pv);
   }
-  for (int k = 0; k < kBlock; k += io.n) {
-    io.store(x.p + i + k, p_new.get(k));
-    io.store(x.m + i + k, m_new.get(k));
-    io.store(x.v + i + k, v_new.get(k));
-    if constexpr (AMSGRAD) io.store(x.vmax + i + k, x_new.get(k));
+  // A NaN in a new moment (or maximum) makes the new param NaN (adamw_update
+  // divides the momentum by the root of the second moment), so params without
+  // NaN mean states without NaN.
+  if (nan.any()) {
+    adamw_block_stores<false>(io, s, x, i);
+  } else {
+    adamw_block_stores<true>(io, s, x, i);
   }
 }
 

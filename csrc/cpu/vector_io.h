@@ -44,6 +44,9 @@ struct PairIO {
   V load_arranged(const float* p) const { return {vload(p), vload(p + VecF::width)}; }
   template <class T>
   void store(T* p, V x) const { vstore2(L{}, p, x); }
+  // store, for x known to hold no NaN.
+  template <class T>
+  void store_number(T* p, V x) const { vstore2_number(L{}, p, x); }
   // Stores x rounded to the dtype; returns the stored value.
   template <class T>
   V store_round(T* p, V x) const { return vstore_round2(L{}, p, x); }
@@ -127,4 +130,17 @@ struct Staged {
     vstore(v + k + VecF::width, x.b);
   }
   VecF2 get(int k) const { return {vload(v + k), vload(v + k + VecF::width)}; }
+};
+
+// Whether a block's values held a NaN, for a second pass that stores numbers
+// only when they did not (PairIO::store_number). x * 0 is NaN for NaN and for
+// the infinities, so an infinity counts as a NaN here: rare, and the second
+// pass then takes the stores that handle both.
+struct NaNSeen {
+  VecF2 seen{0.0f};
+  void add(VecF2 x) { seen = vfma(x, VecF2(0.0f), seen); }
+  bool any() const {
+    const float s = hsum(seen.a + seen.b);
+    return s != s;
+  }
 };

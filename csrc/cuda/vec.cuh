@@ -171,6 +171,8 @@ PT_DEVICE bool aligned16(const void* p) {
 constexpr bool kFusedMultiplyAdd = true;
 PT_DEVICE float vfma(float a, float b, float c) { return fmaf(a, b, c); }
 PT_DEVICE double vfma(double a, double b, double c) { return fma(a, b, c); }
+PT_DEVICE float vfms(float a, float b, float c) { return fmaf(a, b, -c); }
+PT_DEVICE double vfms(double a, double b, double c) { return fma(a, b, -c); }
 PT_DEVICE float vsqrt(float a) { return sqrtf(a); }
 PT_DEVICE double vsqrt(double a) { return sqrt(a); }
 // torch.maximum: NaN if either input is NaN.
