@@ -4,7 +4,7 @@
 // kFusedMultiplyAdd.
 //
 // Markstein's correction: q = a * (1/d) is within an ulp of a/d; the fused
-// multiply-add gives its residual q*d - a exactly, and one more fused step
+// multiply-subtract gives its residual q*d - a exactly, and one more fused step
 // q - residual * (1/d) rounds to the correctly rounded quotient (Markstein's
 // theorem, in the Handbook of Floating-Point Arithmetic's chapter on division
 // with an FMA), as long as the residual neither underflows nor overflows. Here

@@ -36,14 +36,14 @@ inline void adamw_elements(const IO& io, const AdamWTask& t, const AdamWCoeffs<M
   if constexpr (AMSGRAD) io.store(x.vmax + i, xv);
 }
 
-template <bool AMSGRAD>
+// A block's new values between the passes (vmax: with amsgrad only).
 struct AdamWStaged {
   Staged p, m, v, vmax;
 };
 
 // The second pass of a block: the stores. NUMBERS: the values hold no NaN.
 template <bool NUMBERS, bool AMSGRAD, class L, class T>
-inline void adamw_block_stores(const PairIO<L>& io, const AdamWStaged<AMSGRAD>& s,
+inline void adamw_block_stores(const PairIO<L>& io, const AdamWStaged& s,
                                const AdamWTensors<T>& x, int64_t i) {
   const auto store = [&](T* p, VecF2 v) {
     if constexpr (NUMBERS) {
@@ -64,8 +64,8 @@ inline void adamw_block_stores(const PairIO<L>& io, const AdamWStaged<AMSGRAD>& 
 template <bool AMSGRAD, class L, class T>
 inline void adamw_block(const PairIO<L>& io, const AdamWTask& t, const AdamWCoeffs<float>& c,
                         const AdamWTensors<T>& x, int64_t i) {
-  AdamWStaged<AMSGRAD> s;
-  NaNSeen nan;
+  AdamWStaged s;
+  NonFiniteSeen non_finite;
   for (int k = 0; k < kBlock; k += io.n) {
     VecF2 pv, mv, vv, xv;
     adamw_compute<AMSGRAD>(io, t, c, x, i + k, pv, mv, vv, xv);
@@ -73,15 +73,15 @@ inline void adamw_block(const PairIO<L>& io, const AdamWTask& t, const AdamWCoef
     s.m.put(k, mv);
     s.v.put(k, vv);
     if constexpr (AMSGRAD) s.vmax.put(k, xv);
-    nan.add(pv);
+    non_finite.add(pv);
   }
   // A NaN in a new moment (or maximum) makes the new param NaN (adamw_update
-  // divides the momentum by the root of the second moment), so params without
-  // NaN mean states without NaN.
-  if (nan.any()) {
-    adamw_block_stores<false>(io, s, x, i);
+  // divides the momentum by the root of the second moment), so finite params
+  // mean states without NaN.
+  if (non_finite.any()) {
+    adamw_block_stores<false, AMSGRAD>(io, s, x, i);
   } else {
-    adamw_block_stores<true>(io, s, x, i);
+    adamw_block_stores<true, AMSGRAD>(io, s, x, i);
   }
 }
 

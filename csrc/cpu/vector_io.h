@@ -132,11 +132,11 @@ struct Staged {
   VecF2 get(int k) const { return {vload(v + k), vload(v + k + VecF::width)}; }
 };
 
-// Whether a block's values held a NaN, for a second pass that stores numbers
-// only when they did not (PairIO::store_number). x * 0 is NaN for NaN and for
-// the infinities, so an infinity counts as a NaN here: rare, and the second
-// pass then takes the stores that handle both.
-struct NaNSeen {
+// Whether a block's values held a NaN or an infinity (x * 0 is NaN for both),
+// for a second pass that stores numbers (PairIO::store_number) only when they
+// did not: an infinite value is rare, and sends its block to the stores that
+// handle NaN too.
+struct NonFiniteSeen {
   VecF2 seen{0.0f};
   void add(VecF2 x) { seen = vfma(x, VecF2(0.0f), seen); }
   bool any() const {
