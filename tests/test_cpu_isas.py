@@ -113,6 +113,7 @@ def assert_most_params_moved(results: dict[str, list[torch.Tensor]], finite: boo
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 BITWISE_BASE = [info for info in KERNEL_OPTIMS if info.same_bits_on_every_isa is not None]
 _ANYPRECISION = next(info for info in BITWISE_BASE if info.name == "anyprecision-kahan")
+_ADAMW = next(info for info in BITWISE_BASE if info.name == "adamw")
 BITWISE = BITWISE_BASE + [
     # torchdistx's default states (float32 momentum, nearest rounding): a loop of its own
     replace(_ANYPRECISION, name="anyprecision-default-states", kwargs=dict(lr=1e-2,
@@ -131,7 +132,6 @@ def test_every_isa_stores_the_bits_of_the_portable_build(info, dtype):
     results = {isa: run(isa, make, dtype, finite=info.finite_only) for isa in ops.cpu_isas()}
     assert_most_params_moved(results, finite=info.finite_only)
     assert_same_values(results, "DEFAULT")
-
 
 
 @pytest.mark.parametrize("amsgrad", [False, True], ids=["adamw", "amsgrad"])
@@ -153,8 +153,7 @@ def test_blocks_with_and_without_nan_store_the_bits_of_the_portable_build(amsgra
         try:
             start = torch.randn(N, generator=torch.Generator().manual_seed(5))
             p = torch.nn.Parameter(start.to(torch.bfloat16))
-            # beta1 = 0: the arithmetic of every build is the same (the module docstring)
-            opt = FusedAdamW([p], lr=1e-2, betas=(0.0, 0.5), weight_decay=0.1, amsgrad=amsgrad)
+            opt = _ADAMW.make([p], amsgrad=amsgrad, **_ADAMW.same_bits_on_every_isa)
             for step in range(3):
                 grad = edge_values(step + 1, finite=True)
                 grad[2 * block + 3:2 * block + 3 + len(NAN_BITS)] = from_bits(

@@ -39,48 +39,17 @@ inline int64_t tile_col_end(const AdafactorEntry& e, const TileRun& r, int64_t k
 // Pass 1, factored, one tile row: adds g^2 to the column sums; returns the sums
 // of g^2 and of p^2 over [j, end).
 template <class T>
-void row_sums(const T* g, const T* p, float* cols, int64_t j, int64_t end, float grad_mult,
-              bool first_row, float& g_sq, float& p_sq) {
-  VecF row(0.0f), psq(0.0f);
-  float row_tail = 0.0f, psq_tail = 0.0f;
-  if constexpr (VecF::width > 1) {
-    // Pairs first: half the loop's own instructions (indices, prefetches) per
-    // element, and two chains of additions instead of one.
-    const PairIO<InOrder> pairs;
-    const VecF2 gm2(grad_mult);
-    VecF2 row2(0.0f), psq2(0.0f);
-    for (; j + pairs.n <= end; j += pairs.n) {
-      const VecF2 gv = pairs.load(g + j) * gm2;
-      const VecF2 g2 = gv * gv;
-      row2 = row2 + g2;
-      pairs.store(cols + j, first_row ? g2 : pairs.load(cols + j) + g2);
-      const VecF2 pv = pairs.load(p + j);
-      psq2 = psq2 + pv * pv;
-    }
-    row = row2.a + row2.b;
-    psq = psq2.a + psq2.b;
-    const VecF gm(grad_mult);
-    for (; j + VecF::width <= end; j += VecF::width) {
-      prefetch_stream(g + j, VecF::width);
-      prefetch_stream(p + j, VecF::width);
-      const VecF gv = vload(g + j) * gm;
-      const VecF g2 = gv * gv;
-      row = row + g2;
-      vstore(cols + j, first_row ? g2 : vload(cols + j) + g2);
-      const VecF pv = vload(p + j);
-      psq = psq + pv * pv;
-    }
-  }
-  for (; j < end; ++j) {
-    const float gv = sload(g + j) * grad_mult;
-    const float g2 = gv * gv;
-    row_tail += g2;
-    cols[j] = first_row ? g2 : cols[j] + g2;
-    const float pv = sload(p + j);
-    psq_tail += pv * pv;
-  }
-  g_sq = hsum(row) + row_tail;
-  p_sq = hsum(psq) + psq_tail;
+std::array<float, 2> row_sums(const T* g, const T* p, float* cols, int64_t j, int64_t end,
+                              float grad_mult, bool first_row) {
+  return sum_elements<2>(j, end, [&](const auto& io, int64_t k, auto& sums) {
+    using V = typename std::decay_t<decltype(io)>::V;
+    const V gv = io.load(g + k) * V(grad_mult);
+    const V g2 = gv * gv;
+    sums[0] = sums[0] + g2;
+    io.store(cols + k, first_row ? g2 : io.load(cols + k) + g2);
+    const V pv = io.load(p + k);
+    sums[1] = sums[1] + pv * pv;
+  });
 }
 
 // Pass 1, factored: per tile, sums of g^2 per row and per column, sum of p^2.
@@ -98,9 +67,9 @@ void adafactor_tile_sums(const AdafactorEntry& e, const AdafactorCpuStep& s, int
   for (int64_t i = t.row_begin; i < t.row_end; ++i) {
     const int64_t base = (t.batch * e.rows + i) * e.cols;
     for (int64_t k = 0; k < count; ++k) {
-      float g_sq_row, p_sq_row;
-      row_sums(g + base, p + base, cols, t.col_begin + k * e.tile_cols, tile_col_end(e, r, k),
-               grad_mult, i == t.row_begin, g_sq_row, p_sq_row);
+      const auto [g_sq_row, p_sq_row] =
+          row_sums(g + base, p + base, cols, t.col_begin + k * e.tile_cols,
+                   tile_col_end(e, r, k), grad_mult, i == t.row_begin);
       row_partials[row_partial_slot(e, t.batch, i, t.col_tile + k)] = g_sq_row;
       p_sq[k] += static_cast<double>(p_sq_row);
     }
@@ -188,30 +157,11 @@ inline float row_factor(const AdafactorEntry& e, const AdafactorCpuStep& s, cons
 template <class T>
 float row_norm(const T* g, const float* col_factor, int64_t col0, int64_t j, int64_t end,
                float r, float grad_mult) {
-  VecF usq(0.0f);
-  float usq_tail = 0.0f;
-  if constexpr (VecF::width > 1) {
-    // pairs first, as row_sums
-    const PairIO<InOrder> pairs;
-    const VecF2 gm2(grad_mult), r2(r);
-    VecF2 usq2(0.0f);
-    for (; j + pairs.n <= end; j += pairs.n) {
-      const VecF2 U = (r2 * pairs.load(col_factor + (j - col0))) * (pairs.load(g + j) * gm2);
-      usq2 = usq2 + U * U;
-    }
-    usq = usq2.a + usq2.b;
-    const VecF gm(grad_mult), rv(r);
-    for (; j + VecF::width <= end; j += VecF::width) {
-      prefetch_stream(g + j, VecF::width);
-      const VecF U = (rv * vload(col_factor + (j - col0))) * (vload(g + j) * gm);
-      usq = usq + U * U;
-    }
-  }
-  for (; j < end; ++j) {
-    const float U = (r * col_factor[j - col0]) * (sload(g + j) * grad_mult);
-    usq_tail += U * U;
-  }
-  return hsum(usq) + usq_tail;
+  return sum_elements<1>(j, end, [&](const auto& io, int64_t k, auto& sums) {
+    using V = typename std::decay_t<decltype(io)>::V;
+    const V U = (V(r) * io.load(col_factor + (k - col0))) * (io.load(g + k) * V(grad_mult));
+    sums[0] = sums[0] + U * U;
+  })[0];
 }
 
 // Pass 2, factored: per tile, the sum of U^2.

@@ -107,6 +107,31 @@ struct ScalarIO {
   }
 };
 
+// ---------------------------------------------------------------- sums
+// N sums over elements [j, end): body(io, k, sums) adds the values of elements
+// [k, k + io.n) into sums, a std::array of N io::V. Pairs first (two chains of
+// additions per sum, half the loop's own instructions per element), then one
+// vector, then scalars; the order of the additions is fixed by the vector width.
+template <int N, class Body>
+inline std::array<float, N> sum_elements(int64_t j, int64_t end, Body&& body) {
+  std::array<VecF, N> vec_sums;
+  vec_sums.fill(VecF(0.0f));
+  if constexpr (VecF::width > 1) {
+    const PairIO<InOrder> pairs;
+    std::array<VecF2, N> pair_sums;
+    pair_sums.fill(VecF2(0.0f));
+    for (; j + pairs.n <= end; j += pairs.n) body(pairs, j, pair_sums);
+    for (int s = 0; s < N; ++s) vec_sums[s] = pair_sums[s].a + pair_sums[s].b;
+    const VecIO vec;
+    for (; j + vec.n <= end; j += vec.n) body(vec, j, vec_sums);
+  }
+  std::array<float, N> tail{};
+  const ScalarIO<float> one;
+  for (; j < end; ++j) body(one, j, tail);
+  for (int s = 0; s < N; ++s) tail[s] += hsum(vec_sums[s]);
+  return tail;
+}
+
 // ---------------------------------------------------------------- two passes
 // In cache, the AVX2 steps with 16-bit dtypes are bound by the length of their
 // dependency chains (loads, conversions, the divider, roundings), not by their
