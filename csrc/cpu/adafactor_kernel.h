@@ -135,7 +135,7 @@ inline void run_col_factors(const AdafactorEntry& e, const TileRun& r, float* ou
         vstore(out + j, adafactor_inv_sqrt(vload(c + j)));
         vstore(out + j + VecF::width, adafactor_inv_sqrt(vload(c + j + VecF::width)));
       } else {
-        // EvenOdd: each pair's 16 factors are reordered within the pair
+        // EvenOdd: each pair's factors are reordered within the pair
         alignas(64) float f[kPair];
         vstore(f, adafactor_inv_sqrt(vload(c + j)));
         vstore(f + VecF::width, adafactor_inv_sqrt(vload(c + j + VecF::width)));

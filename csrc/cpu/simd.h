@@ -107,16 +107,21 @@ inline void vstore(c10::Half* p, VecF x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                       _mm512_cvtps_ph(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
-// bfloat16 bits of x rounded to nearest even (NaN: 0x7fc0, as torch), with
-// integer operations.
-inline __m256i bf16_bits_integer(__m512 x) {
+// x rounded to bfloat16 to nearest even, as float32 lanes whose top 16 bits are
+// the bfloat16 and whose low 16 bits are left over (NaN: 0x7fc0, as torch),
+// with integer operations: adds 0x7fff, plus one where the kept part is odd.
+inline __m512i bf16_round_high_number(__m512 x) {  // x has no NaN
   const __m512i u = _mm512_castps_si512(x);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(
-      _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 odd = _mm512_test_epi32_mask(u, _mm512_set1_epi32(0x10000));
+  const __m512i up = _mm512_add_epi32(u, _mm512_set1_epi32(0x7fff));
+  return _mm512_mask_add_epi32(up, odd, up, _mm512_set1_epi32(1));
+}
+inline __m512i bf16_round_high(__m512 x) {
   const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7fc0));
-  return _mm512_cvtepi32_epi16(r);
+  return _mm512_mask_mov_epi32(bf16_round_high_number(x), nan, _mm512_set1_epi32(0x7fc00000));
+}
+inline __m256i bf16_bits_integer(__m512 x) {
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_round_high(x), 16));
 }
 #if defined(PT_ISA_AVX512_BF16)
 // vcvtneps2bf16 rounds to nearest even as well, but treats subnormal inputs as
@@ -484,7 +489,8 @@ inline VecF vround_stochastic(VecF x, Dt dt, uint32_t key, int64_t i) {
 // The elementwise kernels take two vectors at a time (2 * width elements), so
 // that a 16-bit load or store converts a whole register. Which element sits in
 // which lane only has to agree between the loads and the stores of one pass,
-// and the layout tag says how: InOrder everywhere, EvenOdd for bfloat16 on AVX2.
+// and the layout tag says how: InOrder everywhere, EvenOdd for bfloat16 where
+// its conversions are integer operations (AVX2, AVX512 without BF16).
 struct VecF2 {
   VecF a, b;
   VecF2() = default;
@@ -526,12 +532,15 @@ inline void vstore2_number(L, T* p, VecF2 x) {
 // vectors, to meet loads and stores of this layout (for arrays a kernel fills).
 inline int64_t pair_slot(InOrder, int64_t j, int64_t /*n*/) { return j; }
 
-#if defined(PT_ISA_AVX2)
+#if defined(PT_ISA_AVX2) || (defined(PT_ISA_AVX512) && !defined(PT_ISA_AVX512_BF16))
 // a: the even elements i, i + 2, ..., b: the odd ones. Two bfloat16 share a
 // 32-bit lane of memory, so the even one is that lane shifted up and the odd
-// one that lane masked: no shuffles, which AVX2 runs on fewer ports and with a
-// longer latency (bfloat16 AdamW 1.3x faster in cache than with in-order pairs).
+// one that lane masked: no widening or narrowing shuffles, which run on fewer
+// ports and with a longer latency (bfloat16 AdamW 1.3x faster in cache on AVX2
+// than with in-order pairs). The AVX512_BF16 build converts in order with its
+// own instruction instead.
 struct EvenOdd {};
+#if defined(PT_ISA_AVX2)
 inline VecF2 vload2(EvenOdd, const c10::BFloat16* p) {
   const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return {VecF(_mm256_castsi256_ps(_mm256_slli_epi32(x, 16))),
@@ -543,19 +552,35 @@ inline void bf16_store_even_odd(c10::BFloat16* p, __m256i even, __m256i odd) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
                       _mm256_blend_epi16(_mm256_srli_epi32(even, 16), odd, 0xAA));
 }
+// The float32 of a rounded lane: its top half.
+inline VecF bf16_high_half(__m256i r) {
+  return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xffff0000U))));
+}
+#else
+inline VecF2 vload2(EvenOdd, const c10::BFloat16* p) {
+  const __m512i x = _mm512_loadu_si512(p);
+  return {VecF(_mm512_castsi512_ps(_mm512_slli_epi32(x, 16))),
+          VecF(_mm512_castsi512_ps(
+              _mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000U)))))};
+}
+inline void bf16_store_even_odd(c10::BFloat16* p, __m512i even, __m512i odd) {
+  _mm512_storeu_si512(p, _mm512_mask_blend_epi16(0xAAAAAAAAU, _mm512_srli_epi32(even, 16), odd));
+}
+inline VecF bf16_high_half(__m512i r) {
+  return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000U))));
+}
+#endif
 inline void vstore2(EvenOdd, c10::BFloat16* p, VecF2 x) {
   bf16_store_even_odd(p, bf16_round_high(x.a.v), bf16_round_high(x.b.v));
 }
-// Rounding a number needs no NaN blend: 4 integer operations per vector instead of 6.
+// Rounding a number needs no NaN case: fewer integer operations per vector.
 inline void vstore2_number(EvenOdd, c10::BFloat16* p, VecF2 x) {
   bf16_store_even_odd(p, bf16_round_high_number(x.a.v), bf16_round_high_number(x.b.v));
 }
 inline VecF2 vstore_round2(EvenOdd, c10::BFloat16* p, VecF2 x) {
-  const __m256i even = bf16_round_high(x.a.v), odd = bf16_round_high(x.b.v);
+  const auto even = bf16_round_high(x.a.v), odd = bf16_round_high(x.b.v);
   bf16_store_even_odd(p, even, odd);
-  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000U));
-  return {VecF(_mm256_castsi256_ps(_mm256_and_si256(even, high))),
-          VecF(_mm256_castsi256_ps(_mm256_and_si256(odd, high)))};
+  return {bf16_high_half(even), bf16_high_half(odd)};
 }
 // Whole pairs even/odd, the rest (read by single vectors and scalars) in order.
 inline int64_t pair_slot(EvenOdd, int64_t j, int64_t n) {
