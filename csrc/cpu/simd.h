@@ -127,9 +127,12 @@ inline __m256i bf16_bits_integer(__m512 x) {
 // vcvtneps2bf16 rounds to nearest even as well, but treats subnormal inputs as
 // zero and keeps NaN payloads: vectors holding either (rare) take the integer
 // path, so that every instruction set stores the same bits.
-inline __m256i bf16_bits(__m512 x) {
+inline __mmask16 bf16_nan_or_subnormal(__m512 x) {
   constexpr int kNaNOrSubnormal = 0x01 | 0x20 | 0x80;  // quiet NaN | subnormal | signalling NaN
-  if (__builtin_expect(_mm512_fpclass_ps_mask(x, kNaNOrSubnormal) == 0, 1)) {
+  return _mm512_fpclass_ps_mask(x, kNaNOrSubnormal);
+}
+inline __m256i bf16_bits(__m512 x) {
+  if (__builtin_expect(bf16_nan_or_subnormal(x) == 0, 1)) {
     return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(x));
   }
   return bf16_bits_integer(x);
@@ -489,8 +492,7 @@ inline VecF vround_stochastic(VecF x, Dt dt, uint32_t key, int64_t i) {
 // The elementwise kernels take two vectors at a time (2 * width elements), so
 // that a 16-bit load or store converts a whole register. Which element sits in
 // which lane only has to agree between the loads and the stores of one pass,
-// and the layout tag says how: InOrder everywhere, EvenOdd for bfloat16 where
-// its conversions are integer operations (AVX2, AVX512 without BF16).
+// and the layout tag says how: InOrder everywhere, EvenOdd for bfloat16 on x86.
 struct VecF2 {
   VecF a, b;
   VecF2() = default;
@@ -532,13 +534,13 @@ inline void vstore2_number(L, T* p, VecF2 x) {
 // vectors, to meet loads and stores of this layout (for arrays a kernel fills).
 inline int64_t pair_slot(InOrder, int64_t j, int64_t /*n*/) { return j; }
 
-#if defined(PT_ISA_AVX2) || (defined(PT_ISA_AVX512) && !defined(PT_ISA_AVX512_BF16))
+#if defined(PT_ISA_AVX2) || defined(PT_ISA_AVX512)
 // a: the even elements i, i + 2, ..., b: the odd ones. Two bfloat16 share a
 // 32-bit lane of memory, so the even one is that lane shifted up and the odd
 // one that lane masked: no widening or narrowing shuffles, which run on fewer
-// ports and with a longer latency (bfloat16 AdamW 1.3x faster in cache on AVX2
-// than with in-order pairs). The AVX512_BF16 build converts in order with its
-// own instruction instead.
+// ports and with a longer latency (bfloat16 AdamW in cache 1.3x faster on AVX2
+// than with in-order pairs, 1.2x on AVX512 on a Zen 4 EPYC; with AVX512_BF16,
+// whose stores convert and interleave a pair in two instructions, 1.1x).
 struct EvenOdd {};
 #if defined(PT_ISA_AVX2)
 inline VecF2 vload2(EvenOdd, const c10::BFloat16* p) {
@@ -570,6 +572,33 @@ inline VecF bf16_high_half(__m512i r) {
   return _mm512_castsi512_ps(_mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xffff0000U))));
 }
 #endif
+#if defined(PT_ISA_AVX512_BF16)
+// One conversion for the pair (the even elements' bfloat16 in the low half, the
+// odd ones' in the high half) and one permute that interleaves them; vectors
+// with NaN or subnormals take the integer rounding (see bf16_bits). Returns the
+// stored vector.
+inline __m512i bf16_store_pair(c10::BFloat16* p, VecF2 x) {
+  __m512i out;
+  if (__builtin_expect((bf16_nan_or_subnormal(x.a.v) | bf16_nan_or_subnormal(x.b.v)) == 0, 1)) {
+    const __m512i halves = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(x.b.v, x.a.v));
+    const __m512i interleave = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+        23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    out = _mm512_permutexvar_epi16(interleave, halves);
+  } else {
+    out = _mm512_mask_blend_epi16(0xAAAAAAAAU, _mm512_srli_epi32(bf16_round_high(x.a.v), 16),
+                                  bf16_round_high(x.b.v));
+  }
+  _mm512_storeu_si512(p, out);
+  return out;
+}
+inline void vstore2(EvenOdd, c10::BFloat16* p, VecF2 x) { bf16_store_pair(p, x); }
+inline void vstore2_number(EvenOdd, c10::BFloat16* p, VecF2 x) { bf16_store_pair(p, x); }
+inline VecF2 vstore_round2(EvenOdd, c10::BFloat16* p, VecF2 x) {
+  const __m512i stored = bf16_store_pair(p, x);
+  return {VecF(_mm512_castsi512_ps(_mm512_slli_epi32(stored, 16))), bf16_high_half(stored)};
+}
+#else
 inline void vstore2(EvenOdd, c10::BFloat16* p, VecF2 x) {
   bf16_store_even_odd(p, bf16_round_high(x.a.v), bf16_round_high(x.b.v));
 }
@@ -582,6 +611,7 @@ inline VecF2 vstore_round2(EvenOdd, c10::BFloat16* p, VecF2 x) {
   bf16_store_even_odd(p, even, odd);
   return {bf16_high_half(even), bf16_high_half(odd)};
 }
+#endif
 // Whole pairs even/odd, the rest (read by single vectors and scalars) in order.
 inline int64_t pair_slot(EvenOdd, int64_t j, int64_t n) {
   constexpr int64_t kPair = 2 * VecF::width;
