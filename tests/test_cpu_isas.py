@@ -134,15 +134,29 @@ def test_every_isa_stores_the_bits_of_the_portable_build(info, dtype):
     assert_same_values(results, "DEFAULT")
 
 
-@pytest.mark.parametrize("amsgrad", [False, True], ids=["adamw", "amsgrad"])
-def test_blocks_with_and_without_nan_store_the_bits_of_the_portable_build(amsgrad):
-    """AVX2 bfloat16 AdamW stores a block whose new params are finite by a
-    rounding that has no NaN case (vector_io.h's NonFiniteSeen). NaN of every
-    payload and infinities in three blocks of 256 only, finite values in the
-    others, so that a step takes both kinds of stores: strictly bit for bit, NaN
-    included (0x7fc0, as torch; the rounding without the NaN case keeps a NaN's
-    sign and payload, 0xffff from a grad of all ones, and can carry a payload into
-    the sign), and the blocks without specials stay free of them."""
+_BF16_STATES = dict(momentum_dtype=torch.bfloat16, variance_dtype=torch.bfloat16,
+                    compensation_buffer_dtype=torch.bfloat16)
+BLOCK_STORES = {
+    "adamw": lambda ps: _ADAMW.make(ps, **_ADAMW.same_bits_on_every_isa),
+    "amsgrad": lambda ps: _ADAMW.make(ps, amsgrad=True, **_ADAMW.same_bits_on_every_isa),
+    "anyprecision-kahan": lambda ps: _ANYPRECISION.make(ps, **_BF16_STATES),
+    "anyprecision-nearest": lambda ps: _ANYPRECISION.make(
+        ps, use_kahan_summation=False, **_BF16_STATES),
+}
+
+
+@pytest.mark.parametrize("name", list(BLOCK_STORES))
+def test_blocks_with_and_without_nan_store_the_bits_of_the_portable_build(name):
+    """AVX2 bfloat16 AdamW and AnyPrecisionAdamW (bfloat16 states) store a block
+    whose new params are finite by a rounding that has no NaN case (vector_io.h's
+    NonFiniteSeen), AnyPrecisionAdamW its moments too before it knows, mending
+    their NaNs afterwards in a block that has some; the AVX512 builds store a pair
+    with a NaN by the integer rounding. NaN of every payload and infinities in
+    three blocks of 256 only, finite values in the others, so that a step takes
+    both kinds of stores: strictly bit for bit, NaN included (0x7fc0, as torch;
+    the rounding without the NaN case keeps a NaN's sign and payload, 0xffff
+    from a grad of all ones, and can carry a payload into the sign), and the
+    blocks without specials stay free of them."""
     block = 256
     special = torch.zeros(N, dtype=torch.bool)
     for b in (2, 5, 9):
@@ -153,7 +167,7 @@ def test_blocks_with_and_without_nan_store_the_bits_of_the_portable_build(amsgra
         try:
             start = torch.randn(N, generator=torch.Generator().manual_seed(5))
             p = torch.nn.Parameter(start.to(torch.bfloat16))
-            opt = _ADAMW.make([p], amsgrad=amsgrad, **_ADAMW.same_bits_on_every_isa)
+            opt = BLOCK_STORES[name]([p])
             for step in range(3):
                 grad = edge_values(step + 1, finite=True)
                 grad[2 * block + 3:2 * block + 3 + len(NAN_BITS)] = from_bits(

@@ -16,6 +16,12 @@ struct StateOf {
   typename IO::V store(const IO& io, int64_t i, typename IO::V x) const {
     return io.store_round(base + i, x);
   }
+  // store, leaving NaN to mend_nans (vstore_round2_number).
+  template <class IO>
+  typename IO::V store_number(const IO& io, int64_t i, typename IO::V x) const {
+    return io.store_round_number(base + i, x);
+  }
+  void mend_nans(int64_t i, int64_t n) const { mend_stored_nans(base + i, n); }
 };
 // A state tensor whose dtype is known only at run time (uncommon combinations).
 struct StateAny {
@@ -31,15 +37,25 @@ struct StateAny {
 };
 
 // Rounds the new momentum and variance to their dtypes by storing them (the
-// update reads them as stored, as torchdistx does).
-template <class IO, class MS, class VS>
+// update reads them as stored, as torchdistx does). NUMBERS: by the stores that
+// leave NaN to be mended.
+template <bool NUMBERS, class IO, class MS, class VS>
 struct StoringRounding {
+  using V = typename IO::V;
   const IO& io;
   const MS& m_state;
   const VS& v_state;
   int64_t i;
-  typename IO::V m(typename IO::V x) const { return m_state.store(io, i, x); }
-  typename IO::V v(typename IO::V x) const { return v_state.store(io, i, x); }
+  V m(V x) const { return store(m_state, x); }
+  V v(V x) const { return store(v_state, x); }
+  template <class S>
+  V store(const S& state, V x) const {
+    if constexpr (NUMBERS) {
+      return state.store_number(io, i, x);
+    } else {
+      return state.store(io, i, x);
+    }
+  }
 };
 
 template <class T, class MS, class VS, class CS>
@@ -53,7 +69,7 @@ struct AnyPrecisionTensors {
 // Loads elements [i, i + io.n) with `io`, writes the unscaled grad back when
 // asked, decays the param and stores the new momentum and variance; returns the
 // update u for the param pv.
-template <class IO, class X, class V = typename IO::V>
+template <bool NUMBERS = false, class IO, class X, class V = typename IO::V>
 inline V anyprecision_compute(const IO& io, const AnyPrecisionTask& t,
                               const AnyPrecisionCoeffs& c, const X& x, int64_t i, V& pv) {
   pv = io.load(x.p + i);
@@ -62,24 +78,41 @@ inline V anyprecision_compute(const IO& io, const AnyPrecisionTask& t,
   V vv = x.v.load(io, i);
   if (t.write_back_grad) io.store(x.g + i, gv);
   return anyprecision_update(pv, gv, mv, vv, c,
-                             StoringRounding<IO, decltype(x.m), decltype(x.v)>{io, x.m, x.v, i});
+                             StoringRounding<NUMBERS, IO, decltype(x.m), decltype(x.v)>{
+                                 io, x.m, x.v, i});
 }
 
-// Stores the param pv + u, rounded as ROUNDING says.
+// What is added to the param: the update u, with Kahan plus the compensation.
 template <int ROUNDING, class IO, class X, class V = typename IO::V>
+inline V anyprecision_addend(const IO& io, const X& x, int64_t i, V u) {
+  if constexpr (ROUNDING == kRoundKahan) {
+    return x.comp.load(io, i) + u;
+  } else {
+    return u;
+  }
+}
+
+// Stores the param pv + a (a: anyprecision_addend), rounded as ROUNDING says,
+// and with Kahan the new compensation. NUMBERS: pv + a is finite.
+template <int ROUNDING, bool NUMBERS = false, class IO, class X, class V = typename IO::V>
 inline void anyprecision_apply(const IO& io, const AnyPrecisionTask& t, const X& x, int64_t i,
-                               V pv, V u) {
+                               V pv, V a) {
   using T = std::remove_pointer_t<decltype(x.p)>;
   constexpr Dt param_dt = std::is_same_v<T, float> ? kF32
                           : std::is_same_v<T, c10::BFloat16> ? kBF16 : kF16;
-  if constexpr (ROUNDING == kRoundKahan) {
-    const V cv = x.comp.load(io, i) + u;
-    const V rounded = io.store_round(x.p + i, pv + cv);
-    x.comp.store(io, i, cv + (pv - rounded));
+  if constexpr (ROUNDING == kRoundKahan && NUMBERS) {
+    // a param that overflows rounds to inf, and its compensation to -inf: no NaN
+    const V rounded = io.store_round_number(x.p + i, pv + a);
+    x.comp.store_number(io, i, a + (pv - rounded));
+  } else if constexpr (ROUNDING == kRoundKahan) {
+    const V rounded = io.store_round(x.p + i, pv + a);
+    x.comp.store(io, i, a + (pv - rounded));
   } else if constexpr (ROUNDING == kRoundStochastic) {
-    io.store(x.p + i, io.round_stochastic(pv + u, param_dt, t.rounding_key, i));
+    io.store(x.p + i, io.round_stochastic(pv + a, param_dt, t.rounding_key, i));
+  } else if constexpr (NUMBERS) {
+    io.store_number(x.p + i, pv + a);
   } else {
-    io.store(x.p + i, pv + u);
+    io.store(x.p + i, pv + a);
   }
 }
 
@@ -88,32 +121,55 @@ inline void anyprecision_elements(const IO& io, const AnyPrecisionTask& t,
                                   const AnyPrecisionCoeffs& c, const X& x, int64_t i) {
   typename IO::V pv;
   const typename IO::V u = anyprecision_compute(io, t, c, x, i, pv);
-  anyprecision_apply<ROUNDING>(io, t, x, i, pv, u);
+  anyprecision_apply<ROUNDING>(io, t, x, i, pv, anyprecision_addend<ROUNDING>(io, x, i, u));
 }
 
-// kBlock elements in two passes (vector_io.h): the moments and the update,
-// then the param (and with Kahan the compensation).
+// kBlock elements in two passes (vector_io.h): the moments, the update and the
+// addend, then the param (and with Kahan the compensation). Where the layout
+// rounds faster without the NaN case, both passes round so, unless the first
+// finds a param or addend that is not finite (a NaN in a new moment makes the
+// update NaN): that block's moments have their NaNs mended and its params are
+// stored with the NaN case (AVX2 bfloat16 with Kahan: 10.1 -> 9.7 instructions
+// per element, about 1.04x faster on a Zen 4 EPYC).
 template <int ROUNDING, class L, class X>
 inline void anyprecision_block(const PairIO<L>& io, const AnyPrecisionTask& t,
                                const AnyPrecisionCoeffs& c, const X& x, int64_t i) {
-  Staged p_decayed, update;
+  constexpr bool numbers = kRoundsNumbersFaster<L> && ROUNDING != kRoundStochastic;
+  Staged p_decayed, addend;
+  NonFiniteSeen non_finite;
   for (int k = 0; k < kBlock; k += io.n) {
     VecF2 pv;
-    update.put(k, anyprecision_compute(io, t, c, x, i + k, pv));
+    const VecF2 u = anyprecision_compute<numbers>(io, t, c, x, i + k, pv);
+    const VecF2 a = anyprecision_addend<ROUNDING>(io, x, i + k, u);
+    if constexpr (numbers) non_finite.add(pv + a);
+    addend.put(k, a);
     p_decayed.put(k, pv);
   }
+  if constexpr (numbers) {
+    if (!non_finite.any()) {
+      for (int k = 0; k < kBlock; k += io.n) {
+        anyprecision_apply<ROUNDING, true>(io, t, x, i + k, p_decayed.get(k), addend.get(k));
+      }
+      return;
+    }
+    x.m.mend_nans(i, kBlock);
+    x.v.mend_nans(i, kBlock);
+  }
   for (int k = 0; k < kBlock; k += io.n) {
-    anyprecision_apply<ROUNDING>(io, t, x, i + k, p_decayed.get(k), update.get(k));
+    anyprecision_apply<ROUNDING>(io, t, x, i + k, p_decayed.get(k), addend.get(k));
   }
 }
 
 // WRITE_BACK: whether grads are written back, as a constant (a test per vector
-// cuts the loop apart: 1.2x slower).
-template <class T, int ROUNDING, bool WRITE_BACK, class MS, class VS, class CS>
+// cuts the loop apart: 1.2x slower). UNSCALED: no grad scale or clipping
+// divisor, so no multiply by grad_mult (one register and two multiplies per pair
+// fewer in a loop that spills constants on AVX2).
+template <class T, int ROUNDING, bool WRITE_BACK, bool UNSCALED, class MS, class VS, class CS>
 PT_FLATTEN void anyprecision_loop(AnyPrecisionTask t, const MS& ms, const VS& vs, const CS& cs,
                        int64_t begin, int64_t end) {
   t.write_back_grad = WRITE_BACK;
-  const AnyPrecisionCoeffs c = *static_cast<const AnyPrecisionCoeffs*>(t.coeffs);
+  AnyPrecisionCoeffs c = *static_cast<const AnyPrecisionCoeffs*>(t.coeffs);
+  if constexpr (UNSCALED) c.grad_mult = 1;
   const AnyPrecisionTensors<T, MS, VS, CS> x{static_cast<T*>(t.param), static_cast<T*>(t.grad),
                                              ms, vs, cs};
   int64_t i = begin;
@@ -141,10 +197,13 @@ PT_FLATTEN void anyprecision_loop(AnyPrecisionTask t, const MS& ms, const VS& vs
 template <class T, int ROUNDING, class MS, class VS, class CS>
 void anyprecision_run(const AnyPrecisionTask& t, const MS& ms, const VS& vs, const CS& cs,
                       int64_t begin, int64_t end) {
+  // a grad written back is a scaled one
   if (t.write_back_grad) {
-    anyprecision_loop<T, ROUNDING, true>(t, ms, vs, cs, begin, end);
+    anyprecision_loop<T, ROUNDING, true, false>(t, ms, vs, cs, begin, end);
+  } else if (static_cast<const AnyPrecisionCoeffs*>(t.coeffs)->grad_mult == 1) {
+    anyprecision_loop<T, ROUNDING, false, true>(t, ms, vs, cs, begin, end);
   } else {
-    anyprecision_loop<T, ROUNDING, false>(t, ms, vs, cs, begin, end);
+    anyprecision_loop<T, ROUNDING, false, false>(t, ms, vs, cs, begin, end);
   }
 }
 

@@ -530,6 +530,28 @@ template <class L, class T>
 inline void vstore2_number(L, T* p, VecF2 x) {
   vstore2(L{}, p, x);
 }
+// vstore_round2 for a pass that cannot know yet whether x holds a NaN, and
+// mends what it stored (mend_stored_nans) when it later finds one. A layout whose
+// rounding is faster without its NaN case (kRoundsNumbersFaster) stores a NaN as
+// a NaN of the same sign and payload, not as torch's 0x7fc0, provided its low
+// 16 bits are clear: true of every NaN computed from bfloat16 values, since x86
+// arithmetic returns either an input NaN, quieted, or the default 0xffc00000.
+template <class L, class T>
+inline VecF2 vstore_round2_number(L, T* p, VecF2 x) {
+  return vstore_round2(L{}, p, x);
+}
+template <class L>
+constexpr bool kRoundsNumbersFaster = false;
+// Every bfloat16 NaN of [p, p + n) as torch stores one (the other dtypes'
+// number stores are their stores).
+template <class T>
+inline void mend_stored_nans(T* p, int64_t n) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    for (int64_t j = 0; j < n; ++j) {
+      if ((p[j].x & 0x7fff) > 0x7f80) p[j].x = 0x7fc0;
+    }
+  }
+}
 // Where element j of n goes in a float32 array that pairs read as two plain
 // vectors, to meet loads and stores of this layout (for arrays a kernel fills).
 inline int64_t pair_slot(InOrder, int64_t j, int64_t /*n*/) { return j; }
@@ -608,6 +630,13 @@ inline void vstore2_number(EvenOdd, c10::BFloat16* p, VecF2 x) {
 }
 inline VecF2 vstore_round2(EvenOdd, c10::BFloat16* p, VecF2 x) {
   const auto even = bf16_round_high(x.a.v), odd = bf16_round_high(x.b.v);
+  bf16_store_even_odd(p, even, odd);
+  return {bf16_high_half(even), bf16_high_half(odd)};
+}
+template <>
+constexpr bool kRoundsNumbersFaster<EvenOdd> = true;
+inline VecF2 vstore_round2_number(EvenOdd, c10::BFloat16* p, VecF2 x) {
+  const auto even = bf16_round_high_number(x.a.v), odd = bf16_round_high_number(x.b.v);
   bf16_store_even_odd(p, even, odd);
   return {bf16_high_half(even), bf16_high_half(odd)};
 }

@@ -50,6 +50,9 @@ struct PairIO {
   // Stores x rounded to the dtype; returns the stored value.
   template <class T>
   V store_round(T* p, V x) const { return vstore_round2(L{}, p, x); }
+  // store_round for a pass that mends its NaNs later (vstore_round2_number).
+  template <class T>
+  V store_round_number(T* p, V x) const { return vstore_round2_number(L{}, p, x); }
   V load_any(const void* base, Dt dt, int64_t i) const {
     static_assert(std::is_same_v<L, InOrder>, "states of run-time dtypes load in order");
     if (dt != kF32) prefetch_stream(static_cast<const uint16_t*>(base) + i, n);
