@@ -24,7 +24,7 @@ struct AdamWHyper {
 template <class S>
 struct AdamWCoeffs {
   S grad_mult;        // 1 / grad_scale (1 when grads are not scaled)
-  S decay;            // 1 - lr * weight_decay
+  S decay;            // 1 - lr * weight_decay; exactly 1 without weight decay
   S lerp_w;           // 1 - beta1: the weight torch hands to exp_avg.lerp_
   S lerp_w_minus_1;   // lerp_w - 1, torch's large-weight lerp branch
   S beta2;
@@ -32,7 +32,6 @@ struct AdamWCoeffs {
   ConstDivisor<S> bc2_sqrt;  // sqrt(1 - beta2^t)
   S eps;
   S neg_step_size;    // -lr / (1 - beta1^t)
-  bool apply_decay;
   bool lerp_small;    // |lerp_w| < 0.5 picks torch's first lerp formula
   bool maximize;
 };
@@ -43,8 +42,8 @@ PT_HOST_DEVICE AdamWCoeffs<S> make_adamw_coeffs(const AdamWHyper& h, double lr,
                                                  double step, double grad_mult) {
   AdamWCoeffs<S> c;
   c.grad_mult = static_cast<S>(grad_mult);
-  c.apply_decay = h.weight_decay != 0.0;
-  c.decay = static_cast<S>(1.0 - lr * h.weight_decay);
+  // not 1 - lr * 0, which an infinite lr would make NaN
+  c.decay = h.weight_decay != 0.0 ? static_cast<S>(1.0 - lr * h.weight_decay) : static_cast<S>(1);
   c.lerp_w = static_cast<S>(1.0 - h.beta1);
   c.lerp_w_minus_1 = c.lerp_w - static_cast<S>(1);
   c.lerp_small = (c.lerp_w < static_cast<S>(0.5)) && (c.lerp_w > static_cast<S>(-0.5));

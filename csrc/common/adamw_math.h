@@ -12,13 +12,16 @@
 //   denom = exp_avg_sq.sqrt() / bc2_sqrt + eps (the division without the divider,
 //           same bits: divide_math.h);  param.addcdiv_(exp_avg, denom, value=-step_size)
 // (lerp as ATen's vectorised lerp, addcmul as (value*t1)*t2, addcdiv as (value*t1)/t2).
+// Without weight decay torch skips the param's multiply; here it multiplies by 1,
+// the same bits (a signalling NaN is quieted, as the update's add would), and the
+// CPU loops have no branch per vector.
 
 #include "common/divide_math.h"
 
 template <bool AMSGRAD, class V, class S>
 PT_DEVICE void adamw_update(V& p, V g, V& m, V& v, V& vmax, const AdamWCoeffs<S>& c) {
   if (c.maximize) g = -g;
-  if (c.apply_decay) p = p * V(c.decay);
+  p = p * V(c.decay);
   const V diff = g - m;
   m = c.lerp_small ? vfma(V(c.lerp_w), diff, m) : vfma(V(c.lerp_w_minus_1), diff, g);
   v = v * V(c.beta2);

@@ -23,21 +23,20 @@ struct AnyPrecisionHyper {
 
 struct AnyPrecisionCoeffs {
   float grad_mult;        // 1 / grad_scale
-  float decay;            // 1 - lr * weight_decay
+  float decay;            // 1 - lr * weight_decay; exactly 1 without weight decay
   float beta1, one_minus_beta1;
   float beta2, one_minus_beta2;
   ConstDivisor<float> bc2_sqrt;  // sqrt(1 - beta2^t)
   float eps;
   float neg_step_size;    // -lr / (1 - beta1^t)
-  bool apply_decay;
 };
 
 PT_HOST_DEVICE AnyPrecisionCoeffs make_anyprecision_coeffs(const AnyPrecisionHyper& h, double lr,
                                                            double step, double grad_mult) {
   AnyPrecisionCoeffs c;
   c.grad_mult = static_cast<float>(grad_mult);
-  c.apply_decay = h.weight_decay != 0.0;
-  c.decay = static_cast<float>(1.0 - lr * h.weight_decay);
+  // not 1 - lr * 0, which an infinite lr would make NaN
+  c.decay = h.weight_decay != 0.0 ? static_cast<float>(1.0 - lr * h.weight_decay) : 1.0f;
   c.beta1 = static_cast<float>(h.beta1);
   c.one_minus_beta1 = static_cast<float>(1.0 - h.beta1);
   c.beta2 = static_cast<float>(h.beta2);

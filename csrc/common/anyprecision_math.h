@@ -6,7 +6,8 @@
 //
 // Math in float32, each stored value rounded once to its dtype; the update
 // reads the momentum and variance as stored (rounded), as torchdistx does:
-//   p = p*(1 - lr*wd)                        (when weight_decay != 0)
+//   p = p*(1 - lr*wd)                        (times 1 without weight decay: the
+//                                            same bits, and no branch per vector)
 //   m = beta1*m + (1-beta1)*g;  v = beta2*v + (1-beta2)*g*g
 //   u = -(lr/(1-beta1^t)) * m / (sqrt(v)/sqrt(1-beta2^t) + eps)
 //   plain:  p = p + u
@@ -19,7 +20,7 @@
 template <class V, class Round>
 PT_DEVICE V anyprecision_update(V& p, V g, V& m, V& v, const AnyPrecisionCoeffs& c,
                                 const Round& round) {
-  if (c.apply_decay) p = p * V(c.decay);
+  p = p * V(c.decay);
   m = round.m(V(c.beta1) * m + V(c.one_minus_beta1) * g);
   v = round.v(V(c.beta2) * v + (V(c.one_minus_beta2) * g) * g);
   const V denom = div_by(vsqrt(v), c.bc2_sqrt) + V(c.eps);

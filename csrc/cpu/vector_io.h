@@ -163,12 +163,14 @@ struct Staged {
 // Whether a block's values held a NaN or an infinity (x * 0 is NaN for both),
 // for a second pass that stores numbers (PairIO::store_number) only when they
 // did not: an infinite value is rare, and sends its block to the stores that
-// handle NaN too.
+// handle NaN too. A pair's two vectors are added first (inf - inf is NaN; an
+// overflow to inf only sends the block to those stores), so that the flag holds
+// one register of the loop's sixteen on AVX2, not two.
 struct NonFiniteSeen {
-  VecF2 seen{0.0f};
-  void add(VecF2 x) { seen = vfma(x, VecF2(0.0f), seen); }
+  VecF seen{0.0f};
+  void add(VecF2 x) { seen = vfma(x.a + x.b, VecF(0.0f), seen); }
   bool any() const {
-    const float s = hsum(seen.a + seen.b);
+    const float s = hsum(seen);
     return s != s;
   }
 };
