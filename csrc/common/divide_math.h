@@ -23,8 +23,8 @@ template <class V, class S>
 PT_DEVICE V div_by(V a, const ConstDivisor<S>& d) {
   if constexpr (kFusedMultiplyAdd) {
     const V q = a * V(d.recip);
-    const V residual = vmin_b(vfms(q, V(d.value), a), V(d.max_finite));
-    return vfma(residual, V(d.neg_recip), q);
+    const V residual = vmin_b(vfms(q, V(d.value), a), V(max_finite<S>()));
+    return vfma(residual, V(-d.recip), q);
   } else {
     return a / V(d.value);
   }

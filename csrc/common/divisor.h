@@ -17,24 +17,23 @@ namespace pytrainer {
 template <class S>
 struct ConstDivisor {
   S value;
-  S recip;       // 1 / value, rounded to nearest
-  S neg_recip;   // -recip
-  S max_finite;  // the largest finite S: stands in for the residual of an infinite dividend
+  S recip;  // 1 / value, rounded to nearest
 };
 
 template <class S>
 PT_HOST_DEVICE ConstDivisor<S> make_divisor(S value) {
   static_assert(std::is_same_v<S, float> || std::is_same_v<S, double>, "float or double");
-  ConstDivisor<S> d;
-  d.value = value;
-  d.recip = static_cast<S>(1) / value;
-  d.neg_recip = -d.recip;
+  return {value, static_cast<S>(1) / value};
+}
+
+// The largest finite S.
+template <class S>
+PT_HOST_DEVICE constexpr S max_finite() {
   if constexpr (std::is_same_v<S, float>) {
-    d.max_finite = FLT_MAX;
+    return FLT_MAX;
   } else {
-    d.max_finite = DBL_MAX;
+    return DBL_MAX;
   }
-  return d;
 }
 
 }  // namespace pytrainer
