@@ -194,6 +194,42 @@ def test_blocks_with_and_without_nan_store_the_bits_of_the_portable_build(name):
                 f"{a[~same][:4].view(torch.int16).tolist()} vs "
                 f"{b[~same][:4].view(torch.int16).tolist()}")
 
+
+@pytest.mark.parametrize("write_back", [False, True], ids=["step_scaled", "grads-written-back"])
+@pytest.mark.parametrize("name", ["anyprecision-kahan", "anyprecision-nearest"])
+def test_a_nan_grad_scale_of_any_payload_stores_the_bits_of_the_portable_build(name, write_back):
+    """The grad scale is the one input of the new moments that is not a bfloat16
+    value. A NaN scale with every payload bit set, were its payload to reach the
+    AVX2 rounding without the NaN case, would carry into the sign and store -0.0:
+    a finite step from a NaN scale. Every build stores the portable build's bits,
+    NaN throughout."""
+    scale = from_bits(torch.tensor([0x7FFFFFFF]))[0]
+    results = {}
+    for isa in ops.cpu_isas():
+        ops.kernels.set_cpu_isa(isa)
+        try:
+            start = torch.randn(N, generator=torch.Generator().manual_seed(5))
+            p = torch.nn.Parameter(start.to(torch.bfloat16))
+            p.grad = edge_values(1, finite=True).to(torch.bfloat16)
+            opt = BLOCK_STORES[name]([p])
+            if write_back:
+                opt.grad_scale = scale.clone()
+                opt.step()
+            else:
+                opt.step_scaled(scale.clone())
+            results[isa] = [p.detach()] + [s for s in opt.state[p].values() if s.dim() > 0]
+        finally:
+            ops.kernels.set_cpu_isa("")
+    expected = results.pop("DEFAULT")
+    assert all(bool(t.isnan().all()) for t in expected)
+    for isa, tensors in results.items():
+        for i, (a, b) in enumerate(zip(tensors, expected)):
+            same = a.view(torch.int16) == b.view(torch.int16)
+            assert bool(same.all()), (
+                f"{isa}, tensor {i}: {int((~same).sum())} elements differ: "
+                f"{a[~same][:4].view(torch.int16).tolist()} vs "
+                f"{b[~same][:4].view(torch.int16).tolist()}")
+
 # vectors, and for factored states a matrix and a batch of matrices
 SHAPES = [(N,)]
 FACTORED_SHAPES = [(N,), (61, 67), (3, 20, 60)]

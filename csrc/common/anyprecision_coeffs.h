@@ -31,16 +31,24 @@ struct AnyPrecisionCoeffs {
   float neg_step_size;    // -lr / (1 - beta1^t)
 };
 
+// x as float, a NaN as the default quiet NaN (0x7fc00000): for the coefficients
+// of the new moments, whose bfloat16 roundings on the CPU take a NaN's low 16
+// bits to be clear (cpu/simd.h, vstore_round2_number). A grad scale is any
+// tensor: a NaN one with its payload bits set would otherwise round to -0.0.
+PT_HOST_DEVICE float float_or_quiet_nan(double x) {
+  return x == x ? static_cast<float>(x) : NAN;
+}
+
 PT_HOST_DEVICE AnyPrecisionCoeffs make_anyprecision_coeffs(const AnyPrecisionHyper& h, double lr,
                                                            double step, double grad_mult) {
   AnyPrecisionCoeffs c;
-  c.grad_mult = static_cast<float>(grad_mult);
+  c.grad_mult = float_or_quiet_nan(grad_mult);
   // not 1 - lr * 0, which an infinite lr would make NaN
   c.decay = h.weight_decay != 0.0 ? static_cast<float>(1.0 - lr * h.weight_decay) : 1.0f;
-  c.beta1 = static_cast<float>(h.beta1);
-  c.one_minus_beta1 = static_cast<float>(1.0 - h.beta1);
-  c.beta2 = static_cast<float>(h.beta2);
-  c.one_minus_beta2 = static_cast<float>(1.0 - h.beta2);
+  c.beta1 = float_or_quiet_nan(h.beta1);
+  c.one_minus_beta1 = float_or_quiet_nan(1.0 - h.beta1);
+  c.beta2 = float_or_quiet_nan(h.beta2);
+  c.one_minus_beta2 = float_or_quiet_nan(1.0 - h.beta2);
   c.bc2_sqrt = make_divisor(static_cast<float>(sqrt(1.0 - pow(h.beta2, step))));
   c.eps = static_cast<float>(h.eps);
   c.neg_step_size = static_cast<float>(-(lr / (1.0 - pow(h.beta1, step))));

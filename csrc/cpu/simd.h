@@ -534,8 +534,9 @@ inline void vstore2_number(L, T* p, VecF2 x) {
 // mends what it stored (mend_stored_nans) when it later finds one. A layout whose
 // rounding is faster without its NaN case (kRoundsNumbersFaster) stores a NaN as
 // a NaN of the same sign and payload, not as torch's 0x7fc0, provided its low
-// 16 bits are clear: true of every NaN computed from bfloat16 values, since x86
-// arithmetic returns either an input NaN, quieted, or the default 0xffc00000.
+// 16 bits are clear: true of every NaN computed from bfloat16 values and
+// coefficients whose NaNs are the default one (make_anyprecision_coeffs), since
+// x86 arithmetic returns either an input NaN, quieted, or the default 0xffc00000.
 template <class L, class T>
 inline VecF2 vstore_round2_number(L, T* p, VecF2 x) {
   return vstore_round2(L{}, p, x);
