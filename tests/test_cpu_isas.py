@@ -145,6 +145,36 @@ BLOCK_STORES = {
 }
 
 
+def bf16_results_on_every_isa(name: str, take_steps) -> dict[str, list[torch.Tensor]]:
+    """Param and states of BLOCK_STORES[name] after take_steps(p, opt), with the
+    kernels of each instruction set, from the same bfloat16 params."""
+    results = {}
+    for isa in ops.cpu_isas():
+        ops.kernels.set_cpu_isa(isa)
+        try:
+            start = torch.randn(N, generator=torch.Generator().manual_seed(5))
+            p = torch.nn.Parameter(start.to(torch.bfloat16))
+            opt = BLOCK_STORES[name]([p])
+            take_steps(p, opt)
+            results[isa] = [p.detach()] + [s for s in opt.state[p].values() if s.dim() > 0]
+        finally:
+            ops.kernels.set_cpu_isa("")
+    return results
+
+
+def assert_same_bits(results: dict[str, list[torch.Tensor]],
+                     expected: list[torch.Tensor]) -> None:
+    """Strictly bit for bit, NaN payloads included (16-bit tensors)."""
+    for isa, tensors in results.items():
+        for i, (a, b) in enumerate(zip(tensors, expected)):
+            same = a.view(torch.int16) == b.view(torch.int16)
+            assert bool(same.all()), (
+                f"{isa}, tensor {i}: {int((~same).sum())} elements differ, at "
+                f"{(~same).nonzero().flatten()[:4].tolist()}: "
+                f"{a[~same][:4].view(torch.int16).tolist()} vs "
+                f"{b[~same][:4].view(torch.int16).tolist()}")
+
+
 @pytest.mark.parametrize("name", list(BLOCK_STORES))
 def test_blocks_with_and_without_nan_store_the_bits_of_the_portable_build(name):
     """AVX2 bfloat16 AdamW and AnyPrecisionAdamW (bfloat16 states) store a block
@@ -161,38 +191,24 @@ def test_blocks_with_and_without_nan_store_the_bits_of_the_portable_build(name):
     special = torch.zeros(N, dtype=torch.bool)
     for b in (2, 5, 9):
         special[b * block:(b + 1) * block] = True
-    results = {}
-    for isa in ops.cpu_isas():
-        ops.kernels.set_cpu_isa(isa)
-        try:
-            start = torch.randn(N, generator=torch.Generator().manual_seed(5))
-            p = torch.nn.Parameter(start.to(torch.bfloat16))
-            opt = BLOCK_STORES[name]([p])
-            for step in range(3):
-                grad = edge_values(step + 1, finite=True)
-                grad[2 * block + 3:2 * block + 3 + len(NAN_BITS)] = from_bits(
-                    torch.tensor(NAN_BITS))
-                grad[5 * block + 17] = float("inf")
-                grad[5 * block + 40] = float("-inf")
-                p.grad = grad.to(torch.bfloat16)
-                if step == 1:
-                    p.data[9 * block + 100] = float("inf")
-                opt.step()
-            results[isa] = [p.detach()] + [s for s in opt.state[p].values() if s.dim() > 0]
-        finally:
-            ops.kernels.set_cpu_isa("")
+
+    def take_steps(p, opt):
+        for step in range(3):
+            grad = edge_values(step + 1, finite=True)
+            grad[2 * block + 3:2 * block + 3 + len(NAN_BITS)] = from_bits(torch.tensor(NAN_BITS))
+            grad[5 * block + 17] = float("inf")
+            grad[5 * block + 40] = float("-inf")
+            p.grad = grad.to(torch.bfloat16)
+            if step == 1:
+                p.data[9 * block + 100] = float("inf")
+            opt.step()
+
+    results = bf16_results_on_every_isa(name, take_steps)
     expected = results.pop("DEFAULT")
     for t in expected:
         assert bool(t[~special].isfinite().all())
         assert not bool(t[special].isfinite().all())
-    for isa, tensors in results.items():
-        for i, (a, b) in enumerate(zip(tensors, expected)):
-            same = a.view(torch.int16) == b.view(torch.int16)
-            assert bool(same.all()), (
-                f"{isa}, tensor {i}: {int((~same).sum())} elements differ, at "
-                f"{(~same).nonzero().flatten()[:4].tolist()}: "
-                f"{a[~same][:4].view(torch.int16).tolist()} vs "
-                f"{b[~same][:4].view(torch.int16).tolist()}")
+    assert_same_bits(results, expected)
 
 
 @pytest.mark.parametrize("write_back", [False, True], ids=["step_scaled", "grads-written-back"])
@@ -204,31 +220,19 @@ def test_a_nan_grad_scale_of_any_payload_stores_the_bits_of_the_portable_build(n
     a finite step from a NaN scale. Every build stores the portable build's bits,
     NaN throughout."""
     scale = from_bits(torch.tensor([0x7FFFFFFF]))[0]
-    results = {}
-    for isa in ops.cpu_isas():
-        ops.kernels.set_cpu_isa(isa)
-        try:
-            start = torch.randn(N, generator=torch.Generator().manual_seed(5))
-            p = torch.nn.Parameter(start.to(torch.bfloat16))
-            p.grad = edge_values(1, finite=True).to(torch.bfloat16)
-            opt = BLOCK_STORES[name]([p])
-            if write_back:
-                opt.grad_scale = scale.clone()
-                opt.step()
-            else:
-                opt.step_scaled(scale.clone())
-            results[isa] = [p.detach()] + [s for s in opt.state[p].values() if s.dim() > 0]
-        finally:
-            ops.kernels.set_cpu_isa("")
+
+    def take_steps(p, opt):
+        p.grad = edge_values(1, finite=True).to(torch.bfloat16)
+        if write_back:
+            opt.grad_scale = scale.clone()
+            opt.step()
+        else:
+            opt.step_scaled(scale.clone())
+
+    results = bf16_results_on_every_isa(name, take_steps)
     expected = results.pop("DEFAULT")
     assert all(bool(t.isnan().all()) for t in expected)
-    for isa, tensors in results.items():
-        for i, (a, b) in enumerate(zip(tensors, expected)):
-            same = a.view(torch.int16) == b.view(torch.int16)
-            assert bool(same.all()), (
-                f"{isa}, tensor {i}: {int((~same).sum())} elements differ: "
-                f"{a[~same][:4].view(torch.int16).tolist()} vs "
-                f"{b[~same][:4].view(torch.int16).tolist()}")
+    assert_same_bits(results, expected)
 
 # vectors, and for factored states a matrix and a batch of matrices
 SHAPES = [(N,)]
