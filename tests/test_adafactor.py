@@ -44,6 +44,19 @@ def grads_for(params, gen):
     return [torch.randn(p.shape, generator=gen).to(p.device, p.dtype) for p in params]
 
 
+def assert_steps_match(a, ours, b, theirs, seed, steps):
+    """Steps optimizer a over ours and b over theirs with the same grads; the
+    params end within float32 tolerance of each other."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for p, q, g in zip(ours, theirs, grads_for(ours, gen)):
+            p.grad, q.grad = g.clone(), g.clone()
+        a.step()
+        b.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
 def test_float32_matches_transformers_math_over_60_steps(device, cpu_isa, config):
     if device.type == "cuda" and cpu_isa != ops.cpu_isa():
@@ -109,14 +122,7 @@ def test_matches_torch_optim_adafactor_where_both_define_the_same_update(device)
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     a = Adafactor(ours, clip_threshold=1.0)
     b = torch.optim.Adafactor(theirs, lr=1e-2, d=1.0, foreach=False)
-    gen = torch.Generator().manual_seed(5)
-    for _ in range(30):
-        for p, q, g in zip(ours, theirs, grads_for(ours, gen)):
-            p.grad, q.grad = g.clone(), g.clone()
-        a.step()
-        b.step()
-    for p, q in zip(ours, theirs):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert_steps_match(a, ours, b, theirs, seed=5, steps=30)
 
 
 def test_matches_transformers_adafactor_class():
@@ -126,14 +132,7 @@ def test_matches_transformers_adafactor_class():
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     a = Adafactor(ours, beta1=0.9, weight_decay=0.01)
     b = transformers.Adafactor(theirs, beta1=0.9, weight_decay=0.01)
-    gen = torch.Generator().manual_seed(6)
-    for _ in range(20):
-        for p, q, g in zip(ours, theirs, grads_for(ours, gen)):
-            p.grad, q.grad = g.clone(), g.clone()
-        a.step()
-        b.step()
-    for p, q in zip(ours, theirs):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert_steps_match(a, ours, b, theirs, seed=6, steps=20)
 
 
 def test_state_memory_is_rows_plus_cols_for_a_matrix(device):
