@@ -271,6 +271,54 @@ def test_a_captured_step_skips_on_found_inf(info):
     assert captured.state[params[0]]["step"].item() == 2
 
 
+@pytest.mark.parametrize("info", one_per_class(CAPTURABLE), ids=repr)
+def test_a_grad_scaler_scaling_stepping_and_updating_in_a_captured_step(info, device):
+    """torch's GradScaler whole inside the captured function (grads scaled,
+    ``scaler.step``, ``scaler.update``), replayed over six steps, one with an
+    inf grad: the params and states of plain steps on the unscaled grads with
+    that step left out (a power-of-two scale divides exactly), one step count
+    fewer, and the scale halved by the skip and doubled by growth, all on the
+    device. On the CPU the function is called instead of replayed."""
+    if device.type == "cuda":
+        _needs_cuda()
+    params = _params(info, device, [torch.float32])
+    plain_params = _copy(params)
+    opt = info.make(params, capturable=True)
+    plain = info.make(plain_params, capturable=True)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0 ** 10, growth_interval=2)
+    sources = [torch.zeros_like(p) for p in params]  # what the graph reads each replay
+    for p in params:
+        p.grad = torch.zeros_like(p)
+
+    def scaled_step():
+        for p, g in zip(params, sources):
+            p.grad.copy_(scaler.scale(g))
+        scaler.step(opt)
+        scaler.update()
+
+    grads = _grads(params, 6, seed=9)
+    grads[3][0][0, 0] = math.inf
+    for k, step_grads in enumerate(grads):
+        for source, g in zip(sources, step_grads):
+            source.copy_(g)
+        if device.type == "cpu":
+            scaled_step()
+        elif k == 0:
+            graph = _capture(scaled_step)  # runs step 0 eagerly, then captures
+        else:
+            graph.replay()
+        if k != 3:
+            for q, g in zip(plain_params, step_grads):
+                q.grad = g.clone()
+            plain.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    _assert_same_state(opt, plain, params, plain_params)
+    assert opt.state[params[0]]["step"].item() == 5
+    # 2^10, grown to 2^11 after steps 0-1, halved by step 3, grown again after 4-5
+    assert scaler.get_scale() == 2.0 ** 11
+
+
 @pytest.mark.cuda
 def test_capturing_a_step_needs_capturable_true():
     _needs_cuda()
