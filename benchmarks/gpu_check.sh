@@ -57,7 +57,7 @@ run_stage() {
     # timeout runs programs, not this script's functions: the stage runs in a
     # child bash that is given the functions and variables it needs
     local defs
-    defs="$(declare -f; declare -p PY OUT DEVICE QUICK TEST_ARGS)"
+    defs="$(declare -f; declare -p PY OUT DEVICE QUICK TEST_GROUPS)"
     timeout --kill-after=10 "$cap" bash -c "$defs"$'\n''"$@"' stage "$@" > "$OUT/$name.log" 2>&1
     rc=$?
     local took=$(( $(date +%s) - t0 )) status=ok
@@ -118,8 +118,15 @@ sanitizer() {
     return $rc
 }
 
-TEST_ARGS=(-m cuda tests)
-[ "$DEVICE" = cpu ] && TEST_ARGS=(-m cuda tests/test_fused_adamw.py)  # the self-test: collected, then skipped
+# The CUDA tests in groups, the kernels' first, each group one pytest run: pytest
+# prints its failures only when it ends, so a stage cut off by its cap still
+# reports every group before the one it cut. "rest" is every file no group names.
+TEST_GROUPS=(
+    "kernels tests/test_fused_adamw.py tests/test_anyprecision.py tests/test_adafactor.py tests/test_capturable.py"
+    "trainer tests/test_trainer.py tests/test_reliability.py tests/test_cli.py"
+    "rest"
+)
+[ "$DEVICE" = cpu ] && TEST_GROUPS=("kernels tests/test_fused_adamw.py")  # the self-test: collected, then skipped
 BENCH_ARGS=(--devices "$DEVICE" --rounds 5 --steps 5)
 ACCUM_ARGS=(--device "$DEVICE")
 if [ "$QUICK" = 1 ]; then
@@ -132,13 +139,29 @@ run_stage env 45 env_report
 run_stage build 240 build
 run_stage smoke 60 "$PY" benchmarks/gpu_smoke.py --device "$DEVICE" --json "$OUT/smoke.json"
 cuda_tests() {
-    "$PY" -m pytest -q -rs -p no:cacheprovider --timeout 90 "${TEST_ARGS[@]}"
-    local rc=$?
+    local group name files named=() args results=() rc=0 r
+    for group in "${TEST_GROUPS[@]}"; do
+        read -r name files <<< "$group"
+        if [ "$name" = rest ]; then
+            args=(tests "${named[@]}")
+        else
+            read -r -a args <<< "$files"
+            for r in "${args[@]}"; do named+=(--ignore "$r"); done
+        fi
+        echo "---- $name: ${args[*]}"
+        "$PY" -m pytest -q -rs -p no:cacheprovider --timeout 90 --durations 10 -m cuda "${args[@]}" \
+            2>&1 | tee "$OUT/tests_$name.log"
+        r=${PIPESTATUS[0]}
+        (( r != 0 && r != 5 )) && rc=$r  # 5: no CUDA test in the group
+        results+=("$name: $(tail -1 "$OUT/tests_$name.log" | tr -d '=' | xargs)")
+    done
     # a Trainer test skipped on the GPU machine means its CUDA path went unchecked
     if [ "$DEVICE" != cpu ] && grep -q "^SKIPPED.*tests/test_\(trainer\|reliability\|cli\)\.py" "$OUT/tests.log"; then
         echo "some Trainer tests were skipped (see the SKIPPED lines above)"
-        return 1
+        rc=1
     fi
+    printf '%s; ' "${results[@]}"
+    echo
     return $rc
 }
 run_stage tests 150 cuda_tests

@@ -95,11 +95,6 @@ SQ_RANGE = {torch.float64: (-300, 300), torch.float32: (-45, 38.5),
             torch.bfloat16: (-40, 38.5), torch.float16: (-8, math.log10(65504))}
 
 
-def skip_other_isas_on_cuda(device, cpu_isa):
-    if device.type == "cuda" and cpu_isa != ops.cpu_isa():
-        pytest.skip("the CPU instruction set does not matter on CUDA")
-
-
 # ------------------------------------------------------------------ strategies
 
 
@@ -364,7 +359,6 @@ def _run_adamw_case(case, device, against_torch=False):
 @fast(50)
 @given(data=st.data())
 def test_fused_adamw_matches_reference(device, cpu_isa, dtypes, data):
-    skip_other_isas_on_cuda(device, cpu_isa)
     _run_adamw_case(data.draw(adamw_cases(dtypes), label="case"), device)
 
 
@@ -431,7 +425,6 @@ def _check_anyprecision(opt, p, perm, want, kahan, exact, what):
 @given(case=anyprecision_cases())
 def test_anyprecision_matches_reference(device, cpu_isa, case):
     """Bit-exact on the CPU (every instruction set), as the example-based tests."""
-    skip_other_isas_on_cuda(device, cpu_isa)
     dtype, shape, perm = case["dtype"], case["shape"], case["perm"]
     gen = torch.Generator().manual_seed(case["seed"])
     n = math.prod(shape)
@@ -536,7 +529,6 @@ def _adafactor_check(opt, p, want_p, ref_state, p_before, what):
 @fast(50)
 @given(case=adafactor_cases())
 def test_adafactor_matches_transformers_math(device, cpu_isa, case):
-    skip_other_isas_on_cuda(device, cpu_isa)
     dtype, shape, hyper = case["dtype"], case["shape"], case["hyper"]
     gen = torch.Generator().manual_seed(case["seed"])
     p = torch.nn.Parameter(_gauss(gen, shape, case["p_exp"], dtype, device))

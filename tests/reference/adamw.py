@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.reference.anyprecision import correctly_rounded_sqrt
+from tests.reference.anyprecision import correctly_rounded_sqrt, divided_by
 
 
 def adamw_step(p, g, m, v, vmax, step: int, *, lr: float, beta1: float, beta2: float, eps: float,
@@ -29,7 +29,7 @@ def adamw_step(p, g, m, v, vmax, step: int, *, lr: float, beta1: float, beta2: f
         second = X
     bias_correction1 = 1 - beta1 ** step
     bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
-    denom = correctly_rounded_sqrt(second) / bias_correction2_sqrt + eps
+    denom = divided_by(correctly_rounded_sqrt(second), bias_correction2_sqrt) + eps
     P = P + (-lr / bias_correction1) * M / denom
     out = [P.to(p.dtype), M.to(m.dtype), V.to(v.dtype)]
     out.append(X.to(vmax.dtype) if amsgrad else None)

@@ -70,6 +70,13 @@ def correctly_rounded_sqrt(x: torch.Tensor) -> torch.Tensor:
     return x.double().sqrt().to(x.dtype)
 
 
+def divided_by(x: torch.Tensor, divisor: float) -> torch.Tensor:
+    """x / divisor with IEEE division (the kernels'), on every device: torch on
+    CUDA multiplies by the reciprocal of a Python number or of a 0-d CPU tensor,
+    which can be an ulp off; a divisor on x's device divides."""
+    return x / torch.tensor(divisor, dtype=x.dtype, device=x.device)
+
+
 def anyprecision_step(p, g, m, v, c, step: int, *, lr: float, beta1: float, beta2: float,
                       eps: float, weight_decay: float, rounding: str, grad_scale: float = 1.0,
                       bits: torch.Tensor | None = None):
@@ -81,7 +88,7 @@ def anyprecision_step(p, g, m, v, c, step: int, *, lr: float, beta1: float, beta
         P = P * (1 - lr * weight_decay)
     M = (beta1 * m.float() + (1 - beta1) * G).to(m.dtype)
     V = (beta2 * v.float() + ((1 - beta2) * G) * G).to(v.dtype)
-    denom = correctly_rounded_sqrt(V.float()) / ((1 - beta2 ** step) ** 0.5) + eps
+    denom = divided_by(correctly_rounded_sqrt(V.float()), (1 - beta2 ** step) ** 0.5) + eps
     U = (-(lr / (1 - beta1 ** step)) * M.float()) / denom
     new_c = None
     if rounding == "kahan":
