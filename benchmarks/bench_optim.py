@@ -16,6 +16,13 @@ matters, also time a captured step (``capturable=True``, the step captured in a
 CUDA graph and replayed) of FusedAdamW beside torch's fused AdamW captured the
 same way.
 
+``--compiled`` adds torch's AdamW (foreach) with its step compiled by
+``torch.compile``, as torch's recipe for compiling the optimizer does, as an
+anchor of FusedAdamW (``speedup_vs_compiled`` in its rows), on the sets of at
+most ``COMPILED_MAX_TENSORS`` tensors (the compile time grows with their number);
+``--optimizers`` times only the candidates it names. The JSON is written again
+after each set, so a run that is cut short keeps the sets it finished.
+
 pytrainer's CPU kernels run with the instruction set the machine picks, or with
 each one named by ``--isa`` (``all``: every one this CPU can run), in the same
 rounds; ``PYTRAINER_CPU_ISA`` forces one for a whole process. Each build is
@@ -32,6 +39,8 @@ processes set both, so each says what it runs.)
     python benchmarks/bench_optim.py                     # CPU, and CUDA when present
     python benchmarks/bench_optim.py --devices cpu --isa all
     python benchmarks/bench_optim.py --devices cuda --out bench_out
+    python benchmarks/bench_optim.py --devices cuda --sets llama --compiled \
+        --optimizers "pytrainer FusedAdamW" "torch AdamW fused" "torch AdamW compiled"
 
 Writes a table to stdout, ``bench_optim.json`` and ``bench_optim.png`` (when
 matplotlib is installed) into ``--out``. In the JSON rows, ``copy_gb_s`` is the
@@ -268,6 +277,39 @@ def captured_candidates(dtype: torch.dtype, device: str, set_name: str) -> list[
     ]
 
 
+COMPILED_ANCHOR = "torch AdamW compiled"
+#: the most tensors a set may have for the compiled anchor: dynamo traces the step
+#: over every tensor, and the compile time grows with their number
+COMPILED_MAX_TENSORS = 500
+
+
+class CompiledStep:
+    """An optimizer whose step is a compiled function calling ``step()`` (torch's
+    recipe for compiling the optimizer); the first step compiles."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, backend: str):
+        self.optimizer = optimizer
+
+        def step():
+            optimizer.step()
+
+        self.step = torch.compile(step, backend=backend)
+
+
+def compiled_candidates(dtype: torch.dtype, tensors: int, backend: str) -> list[Candidate]:
+    """torch's foreach AdamW with its step compiled, for sets of at most
+    COMPILED_MAX_TENSORS tensors (none for larger ones)."""
+    if tensors > COMPILED_MAX_TENSORS:
+        return []
+    adamw_bytes = 28 if dtype == torch.float32 else 14
+    return [Candidate(COMPILED_ANCHOR, lambda ps: CompiledStep(
+        torch.optim.AdamW(ps, lr=1e-3, foreach=True), backend), adamw_bytes)]
+
+
+#: second anchors: a candidate's ratio to this one too, when it ran in the same rounds
+SECOND_ANCHORS = {"pytrainer FusedAdamW": ("speedup_vs_compiled", COMPILED_ANCHOR)}
+
+
 # ----------------------------------------------------------------- timing
 
 
@@ -398,6 +440,11 @@ def summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, cands):
         anchor = f"{cand.anchor} (1 tensor)" if one_tensor else cand.anchor
         ratios = [r / t for r, t in zip(times[anchor], ts)] if anchor in times else []
         eff = n_params * cand.bytes_per_param / med
+        second = {}
+        if not one_tensor and cand.name in SECOND_ANCHORS:
+            key, other = SECOND_ANCHORS[cand.name]
+            if other in times:
+                second[key] = statistics.median(r / t for r, t in zip(times[other], ts))
         rows.append(dict(
             set=set_name, dtype=str(dtype).replace("torch.", ""), optimizer=cand.name,
             isa=cand.isa, tensors=1 if one_tensor else len(shapes),
@@ -406,7 +453,7 @@ def summarize(set_name, dtype, shapes, times, copy_times, copy_bytes, cands):
             params=n_params, ms_per_step=med * 1e3,
             ms_min=min(ts) * 1e3, params_per_s=n_params / med, effective_gb_s=eff / 1e9,
             fraction_of_copy_bw=eff / copy_bw, copy_gb_s=copy_bw / 1e9,
-            speedup_vs_anchor=statistics.median(ratios) if ratios else None))
+            speedup_vs_anchor=statistics.median(ratios) if ratios else None, **second))
     return rows
 
 
@@ -493,6 +540,8 @@ def run_apart(args, isa: str) -> dict:
                 str(args.steps), "--out", out, "--no-plot"]
         argv += ["--sets", *args.sets] if args.sets else []
         argv += ["--quick"] if args.quick else []
+        argv += ["--compiled", "--compile-backend", args.compile_backend] if args.compiled else []
+        argv += ["--optimizers", *args.optimizers] if args.optimizers else []
         print(f"\n{isa} build against torch's {env['ATEN_CPU_CAPABILITY']} capability, in a "
               f"process of its own ({' '.join(f'{k}={v}' for k, v in env.items())}):",
               flush=True)
@@ -523,9 +572,24 @@ def main(argv=None):
                              "rounds: names from pytrainer.ops.cpu_isas(), or all "
                              "(default: the one the machine picks); DEFAULT is measured in a "
                              "process of its own against torch's default-capability kernels")
+    parser.add_argument("--compiled", action="store_true",
+                        help=f"add {COMPILED_ANCHOR!r} (torch's foreach AdamW, its step compiled) "
+                             f"on sets of at most {COMPILED_MAX_TENSORS} tensors")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile's backend for --compiled (default: inductor)")
+    parser.add_argument("--optimizers", nargs="+", default=None,
+                        help="time only these candidates (names as in the tables)")
     parser.add_argument("--no-plot", action="store_true", help="write no chart")
     args = parser.parse_args(argv)
     ops.require()
+    if args.optimizers:
+        known = {c.name for dtype in (torch.float32, torch.bfloat16) for c in
+                 candidates(dtype) + captured_candidates(dtype, "cuda", CAPTURED_SETS[0])
+                 + compiled_candidates(dtype, 1, args.compile_backend)}
+        unknown = [name for name in args.optimizers if name not in known]
+        if unknown:
+            parser.error(f"--optimizers {', '.join(map(repr, unknown))}: not a candidate; "
+                         f"valid: {', '.join(map(repr, sorted(known)))}")
     isas = None
     if args.isa:
         isas = ops.cpu_isas() if args.isa == ["all"] else args.isa
@@ -536,7 +600,7 @@ def main(argv=None):
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    all_rows, errors = [], []
+    all_rows, errors, notes = [], [], []
     cpu_isas_here, apart = split_isas(isas)
     # started by run_apart: torch's candidates only as the anchors of the build measured
     forced = os.environ.get("PYTRAINER_CPU_ISA")
@@ -554,10 +618,20 @@ def main(argv=None):
                 dtype = getattr(torch, dtype_name)
                 cands = for_isas(candidates(dtype), cpu_isas_here if device == "cpu" else None)
                 cands += captured_candidates(dtype, device, set_name)
+                if args.compiled:
+                    cands += compiled_candidates(dtype, len(shapes), args.compile_backend)
+                    if len(shapes) > COMPILED_MAX_TENSORS:
+                        notes.append(f"{device} {set_name} {dtype_name}: no {COMPILED_ANCHOR!r} "
+                                     f"({len(shapes)} tensors, more than {COMPILED_MAX_TENSORS})")
+                        print(notes[-1])
+                if args.optimizers:
+                    cands = [c for c in cands if c.name in args.optimizers]
                 if set_name in MODEL_SETS:
                     cands = [c for c in cands if not is_slow(c)]
                 if device == "cpu" and anchors_only:
                     cands = [c for c in cands if c.isa or c.name in {x.anchor for x in cands}]
+                if not cands:
+                    continue
                 # the many-tensor set: pytrainer and torch fused also on one tensor, same rounds
                 many = len(shapes) > 1000 or args.quick and set_name not in ("llama", *MODEL_SETS)
                 twins = [c for c in cands if c.name in ("pytrainer FusedAdamW", "torch AdamW fused")
@@ -577,24 +651,34 @@ def main(argv=None):
                                   f"{dtype_name}; memory reference {rows[0]['copy_gb_s']:.1f} GB/s"
                                   f"{torch_kernels}")
                 all_rows += rows
+                write_json(out, devices, isas, all_rows, errors, notes, partial=True)
     for isa in apart if "cpu" in devices else ():
         all_rows += run_apart(args, isa)["rows"]  # its summary lines come from its rows below
-    summary = [" ".join(filter(None, (r["device"], r["dtype"], r["optimizer"], kernels_of(r))))
-               + ": "
-               f"{r['tensors']} tensors take "
-               f"{r['time_over_one_tensor']:.2f}x the time of one tensor of the same size "
-               f"(median of per-round ratios)"
-               for r in all_rows if r.get("time_over_one_tensor")]
-    for line in summary:
+    result = write_json(out, devices, isas, all_rows, errors, notes)
+    for line in result["summary"]:
         print(line)
-    result = dict(environment=environment(devices[-1], isas), rows=all_rows, summary=summary,
-                  errors=errors)
-    (out / "bench_optim.json").write_text(json.dumps(result, indent=2))
     print(f"json: {out / 'bench_optim.json'}")
     if not args.no_plot:
         plot(all_rows, out / "bench_optim.png")
     if errors:
         sys.exit(f"{len(errors)} captured candidate(s) failed: see above and 'errors' in the JSON")
+    return result
+
+
+def write_json(out: Path, devices, isas, rows, errors, notes, partial=False) -> dict:
+    """bench_optim.json of the rows so far (``partial``: more sets were to come)."""
+    summary = [" ".join(filter(None, (r["device"], r["dtype"], r["optimizer"], kernels_of(r))))
+               + ": "
+               f"{r['tensors']} tensors take "
+               f"{r['time_over_one_tensor']:.2f}x the time of one tensor of the same size "
+               f"(median of per-round ratios)"
+               for r in rows if r.get("time_over_one_tensor")]
+    summary += [f"{r['device']} {r['dtype']} {r['set']}: {r['optimizer']} "
+                f"{r['speedup_vs_compiled']:.2f}x {COMPILED_ANCHOR} (median of per-round ratios)"
+                for r in rows if r.get("speedup_vs_compiled")]
+    result = dict(environment=environment(devices[-1], isas), rows=rows, summary=summary,
+                  errors=errors, notes=notes, partial=partial)
+    (out / "bench_optim.json").write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -17,6 +17,8 @@
 #              over one step of each optimizer on odd shapes
 #   bench      benchmarks/bench_optim.py                             bench.log, bench_optim.json
 #   accum      benchmarks/bench_accumulation.py                      accum.log, bench_accumulation.json
+#   compiled   FusedAdamW against torch's AdamW with a compiled step  compiled.log, compiled/bench_optim.json
+#              (llama, then GPT-2; last: each compile takes a while)
 #   summary    a table of all of the above, against the targets      summary.txt
 #
 # Environment: PYTHON (default python3); STAGES (default all: a subset, e.g.
@@ -32,7 +34,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-0}
-STAGES=${STAGES:-env build smoke tests sanitizer bench accum summary}
+STAGES=${STAGES:-env build smoke tests sanitizer bench accum compiled summary}
 BUDGET=${BUDGET:-420}
 START=$(date +%s)
 : > "$OUT/stages.tsv"
@@ -129,8 +131,11 @@ TEST_GROUPS=(
 [ "$DEVICE" = cpu ] && TEST_GROUPS=("kernels tests/test_fused_adamw.py")  # the self-test: collected, then skipped
 BENCH_ARGS=(--devices "$DEVICE" --rounds 5 --steps 5)
 ACCUM_ARGS=(--device "$DEVICE")
+COMPILED_ARGS=(--devices "$DEVICE" --sets llama gpt2 --compiled --rounds 5 --steps 5 --no-plot --out "$OUT/compiled"
+               --optimizers "pytrainer FusedAdamW" "torch AdamW fused" "torch AdamW compiled")
 if [ "$QUICK" = 1 ]; then
     BENCH_ARGS=(--devices "$DEVICE" --quick --rounds 1 --steps 1)
+    COMPILED_ARGS+=(--quick --rounds 1 --steps 1 --compile-backend eager)
     ACCUM_ARGS=(--device "$DEVICE" --rounds 1 --steps 2 --cpu-width 32 --cpu-layers 1
                 --cpu-seq 16 --effective-batch 4 --accumulation 1 2)
 fi
@@ -172,6 +177,7 @@ else
 fi
 run_stage bench 150 "$PY" benchmarks/bench_optim.py "${BENCH_ARGS[@]}" --out "$OUT"
 run_stage accum 120 "$PY" benchmarks/bench_accumulation.py "${ACCUM_ARGS[@]}" --out "$OUT"
+run_stage compiled 120 "$PY" benchmarks/bench_optim.py "${COMPILED_ARGS[@]}"
 wanted summary && "$PY" benchmarks/gpu_summary.py "$OUT" | tee "$OUT/summary.txt"
 echo "total $(( $(date +%s) - START )) s"
 ! grep -qv -P '\tok\t' "$OUT/stages.tsv"

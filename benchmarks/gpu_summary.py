@@ -4,8 +4,8 @@ benchmark figures against the GPU targets (issue 11), from the files in OUTDIR.
     python benchmarks/gpu_summary.py OUTDIR
 
 Reads stages.tsv, smoke.json, tests.log, sanitizer_*.log, ptxas.txt,
-bench_optim.json and bench_accumulation.json; whatever is missing is reported as
-missing. Writes nothing; gpu_check.sh keeps its output as summary.txt.
+bench_optim.json, bench_accumulation.json and compiled/bench_optim.json (the
+compiled-step anchor); whatever is missing is reported as missing. Writes nothing; gpu_check.sh keeps its output as summary.txt.
 """
 from __future__ import annotations
 
@@ -135,6 +135,11 @@ def summarize(out: Path) -> list[str]:
                          f"{r['fraction_of_copy_bw']:>8.0%} "
                          f"{('%.2fx' % ratio) if ratio else '':>9}")
         lines += bench.get("summary", [])
+    compiled = _load(out / "compiled" / "bench_optim.json")
+    if compiled:
+        lines.append("\nagainst torch's AdamW with a compiled step"
+                     + (" (cut short)" if compiled.get("partial") else ""))
+        lines += [f"  {line}" for line in compiled.get("summary", []) + compiled.get("notes", [])]
     acc = _load(out / "bench_accumulation.json") or {}
     acc_rows = acc.get("rows", [])
 

@@ -29,6 +29,7 @@ def test_bench_optim_quick(tmp_path):
     out = run_benchmark("bench_optim.py", "--quick", "--devices", "cpu", "--out", str(tmp_path))
     data = json.loads((tmp_path / "bench_optim.json").read_text())
     assert data["environment"]["cpu_isa"] == ops.cpu_isa()
+    assert data["partial"] is False and data["notes"] == []
     candidates = {r["optimizer"] for r in data["rows"]}
     assert {"pytrainer FusedAdamW", "torch AdamW fused", "pytrainer AnyPrecision+Kahan",
             "pytrainer Adafactor", "torch Adafactor foreach"} <= candidates
@@ -212,6 +213,30 @@ def test_captured_steps_are_timed_on_cuda_where_launches_matter(bench_optim):
             assert {c.bytes_per_param for c in found} == {28 if dtype == torch.float32 else 14}
     assert bench_optim.captured_candidates(torch.float32, "cuda", "llama") == []
     assert bench_optim.captured_candidates(torch.float32, "cpu", "gpt2") == []
+
+
+def test_the_compiled_anchor_is_left_out_of_sets_too_long_to_compile(bench_optim):
+    """torch's foreach AdamW with a compiled step, moving AdamW's bytes, up to
+    COMPILED_MAX_TENSORS tensors; none for the 4000-tensor set."""
+    limit = bench_optim.COMPILED_MAX_TENSORS
+    for dtype, bytes_per_param in ((torch.float32, 28), (torch.bfloat16, 14)):
+        (found,) = bench_optim.compiled_candidates(dtype, limit, "eager")
+        assert (found.name, found.anchor, found.bytes_per_param) == (
+            "torch AdamW compiled", "torch AdamW fused", bytes_per_param)
+    assert bench_optim.compiled_candidates(torch.float32, limit + 1, "eager") == []
+    assert limit < 4000
+
+
+def test_bench_optim_names_an_unknown_optimizer_and_the_valid_ones(tmp_path):
+    if not ops.available():
+        pytest.skip("compiled kernels not built")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_optim.py"), "--quick",
+                             "--devices", "cpu", "--optimizers", "pytrainer FusedAdamW", "SGD",
+                             "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode != 0
+    assert "--optimizers 'SGD': not a candidate; valid: " in result.stderr, result.stderr
+    assert "'torch AdamW compiled'" in result.stderr and "'pytrainer Adafactor'" in result.stderr
 
 
 def test_a_failed_capture_is_reported_beside_the_other_figures(bench_optim):

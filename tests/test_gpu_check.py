@@ -20,12 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(not ops.available(), reason="compiled kernels not built")
 def test_gpu_check_self_test(tmp_path):
     env = dict(os.environ, DEVICE="cpu", QUICK="1", PYTHON=sys.executable,
-               STAGES="env build smoke tests sanitizer summary")
+               STAGES="env build smoke tests sanitizer compiled summary")
     result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path)],
                             capture_output=True, text=True, timeout=400, env=env)
     report = result.stdout[-3000:] + result.stderr[-2000:]
     stages = [line.split("\t") for line in (tmp_path / "stages.tsv").read_text().splitlines()]
-    assert [s[0] for s in stages] == ["env", "build", "smoke", "tests", "sanitizer"], report
+    assert [s[0] for s in stages] == ["env", "build", "smoke", "tests", "sanitizer",
+                                      "compiled"], report
     assert all(s[1] == "ok" for s in stages), report
     assert result.returncode == 0, report
     # each stage left its log, and the logs hold what the stage is for
@@ -35,3 +36,5 @@ def test_gpu_check_self_test(tmp_path):
     assert "skipped" in (tmp_path / "tests.log").read_text()
     summary = (tmp_path / "summary.txt").read_text()
     assert "targets (issue 11)" in summary and "smoke:" in summary
+    # FusedAdamW against torch's AdamW with a compiled step, on llama and GPT-2
+    assert "pytrainer FusedAdamW" in summary and "x torch AdamW compiled" in summary, summary
