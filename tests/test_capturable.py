@@ -395,7 +395,7 @@ def test_eager_steps_on_another_stream_after_a_capture():
 
 @pytest.mark.cuda
 def test_a_direct_op_call_is_refused_under_capture():
-    """Without a table slot (direct calls, the compiled step) the table lives in a
+    """Without a table slot (direct calls of the op) the table lives in a
     shared cache a graph would outlive: its capture is an error that says so."""
     _needs_cuda()
     p = torch.randn(100, device="cuda")

@@ -151,10 +151,10 @@ DeviceBytes upload_cached(const std::string& key, int64_t bytes,
     return upload_to_slot(std::move(full_key), bytes, build, device, place, stream, capturing);
   }
   TORCH_CHECK(!capturing,
-              "pytrainer: an op call without a table slot (table_slot=-1, as direct calls and "
-              "torch.compile make) cannot be captured in a CUDA graph: its table lives in a "
-              "shared cache the graph would outlive; capture an eager step of an optimizer made "
-              "with capturable=True");
+              "pytrainer: an op call without a table slot (table_slot=-1, as direct calls of the "
+              "op make) cannot be captured in a CUDA graph: its table lives in a shared cache "
+              "the graph would outlive; capture a step of an optimizer made with "
+              "capturable=True");
   // A shared table is only read on the stream it was copied on: keying by stream
   // keeps its lifetime ordered with the kernels that read it.
   const int64_t where[2] = {device.index(), static_cast<int64_t>(stream.id())};

@@ -197,19 +197,17 @@ class KernelOptimizer(torch.optim.Optimizer):
 
     def _step_group(self, group: dict[str, Any], first_index: int, grad_scale: Tensor | None,
                     found_inf: Tensor | None, write_back_grads: bool) -> None:
-        compiling = torch.compiler.is_compiling()
-        if compiling:
+        if torch.compiler.is_compiling():
             # dynamo cannot trace the pybind entry: the op goes into the graph
             kernel = getattr(torch.ops.pytrainer, self._op_name)
-            params, grads, lists, steps = self._traced_group_tensors(group)
+            params, grads, lists, steps, table_slot = self._traced_group_tensors(group)
         else:
             # pytrainer._C's typed entry of the op (csrc/python_entry.h)
             kernel = getattr(ops.kernels, self._op_name)
             params, grads, lists, steps = self._group_tensors(group)
+            table_slot = self._table_slot(group)
         if not params:
             return
-        # compiled: the shared table cache (taking a slot is a call dynamo cannot trace)
-        table_slot = -1 if compiling else self._table_slot(group)
         device = params[0].device
         self._check_kernels(device)
         lr, lr_tensor = self._lr_args(group["lr"])
@@ -221,22 +219,26 @@ class KernelOptimizer(torch.optim.Optimizer):
 
     def _traced_group_tensors(self, group: dict[str, Any]
                               ) -> tuple[list[Tensor], list[Tensor], dict[str, list[Tensor]],
-                                         list[Tensor]]:
-        """:meth:`_group_tensors` as ``torch.compile`` traces it, by torch.optim's
-        protocol: dynamo runs ``_init_group`` untraced (the state cache and its
-        tracked dicts stay out of the trace) and guards on the tensors it appends
-        to the lists."""
+                                         list[Tensor], int]:
+        """:meth:`_group_tensors` and the group's table slot as ``torch.compile``
+        traces them, by torch.optim's protocol: dynamo runs ``_init_group``
+        untraced (the state cache and its tracked dicts stay out of the trace),
+        guards on the tensors it appends to the lists and takes what it returns
+        as a constant of the graph."""
         names = _STATE_LIST_NAMES[self._op_name]
         params, grads, steps = [], [], []
         lists = [[] for _ in names]
-        self._init_group(group, params, grads, steps, *lists)
-        return params, grads, dict(zip(names, lists)), steps
+        table_slot = self._init_group(group, params, grads, steps, *lists)
+        return params, grads, dict(zip(names, lists)), steps, table_slot
 
     def _init_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor],
-                    steps: list[Tensor], *state_lists: list[Tensor]) -> None:
+                    steps: list[Tensor], *state_lists: list[Tensor]) -> int:
         """torch.optim's ``_init_group`` protocol (what dynamo runs untraced):
         appends the group's tensors of :meth:`_group_tensors` to the given lists,
-        the state lists in the op's order.
+        the state lists in the op's order, and returns the group's table slot
+        (the same for the group's every step: the graph holds it, so that a
+        compiled step keeps its tables where the eager steps do and can be
+        captured in a CUDA graph, ``mode="reduce-overhead"``).
 
         The states are separate tensors here, not views of one buffer: the
         compiled graph would copy aliased inputs that the op mutates (in and out,
@@ -250,6 +252,7 @@ class KernelOptimizer(torch.optim.Optimizer):
         steps.extend(found_steps)
         for out, name in zip(state_lists, _STATE_LIST_NAMES[self._op_name], strict=True):
             out.extend(lists[name])
+        return self._table_slot(group)
 
     def _unpack_states(self, group: dict[str, Any]) -> None:
         """Replaces the group's states that are views of a shared buffer by copies of their own."""
