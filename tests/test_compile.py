@@ -194,7 +194,9 @@ def test_a_step_compiled_into_a_cuda_graph_equals_eager_steps(info, fresh_dynamo
     optimizer made with capturable=True: inductor records the compiled step in a
     CUDA graph after its warm-up runs (no cudagraph skip) and replays it; five
     steps, new grads copied into the same grad tensors, equal five eager steps bit
-    for bit."""
+    for bit. The grads are marked static, as torch asks of compiled optimizers
+    under CUDA graphs: otherwise they are copied into the graph's own buffers,
+    whose addresses the warm-up's tables do not hold (the capture is refused)."""
     if "cuda" not in kernel_devices():
         pytest.skip("needs an NVIDIA GPU and pytrainer's CUDA kernels")
     dtypes = _step_dtypes(info)
@@ -204,6 +206,7 @@ def test_a_step_compiled_into_a_cuda_graph_equals_eager_steps(info, fresh_dynamo
     compiled_step = torch.compile(lambda: compiled.step(), mode="reduce-overhead")
     for p in params:
         p.grad = torch.zeros_like(p)
+        torch._dynamo.mark_static_address(p.grad)
     for _ in range(5):
         for p, q in zip(params, twin):
             q.grad = torch.randn_like(q)
