@@ -125,6 +125,7 @@ sanitizer() {
 # reports every group before the one it cut. "rest" is every file no group names.
 TEST_GROUPS=(
     "kernels tests/test_fused_adamw.py tests/test_anyprecision.py tests/test_adafactor.py tests/test_capturable.py"
+    "compile tests/test_compile.py"
     "trainer tests/test_trainer.py tests/test_reliability.py tests/test_cli.py"
     "rest"
 )
