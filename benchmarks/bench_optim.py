@@ -194,11 +194,16 @@ def for_isas(cands: list[Candidate], isas: list[str] | None) -> list[Candidate]:
     return out
 
 
+def adamw_bytes_per_param(dtype: torch.dtype) -> int:
+    """What an AdamW step moves per parameter: read p, g, m, v; write p, m, v."""
+    return 28 if dtype == torch.float32 else 14
+
+
 def candidates(dtype: torch.dtype) -> list[Candidate]:
     """AdamW and Adafactor variants; for 16-bit parameters also the any-precision
     optimizer with momentum, variance and Kahan buffer in the parameter's dtype, and
     its per-tensor reference."""
-    adamw_bytes = 28 if dtype == torch.float32 else 14  # read p, g, m, v; write p, m, v
+    adamw_bytes = adamw_bytes_per_param(dtype)
     cands = [
         Candidate("pytrainer FusedAdamW", lambda ps: FusedAdamW(ps, lr=1e-3), adamw_bytes),
         Candidate("torch AdamW fused", lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
@@ -266,7 +271,7 @@ def captured_candidates(dtype: torch.dtype, device: str, set_name: str) -> list[
     captured and replayed: on CUDA, for the sets of CAPTURED_SETS."""
     if device != "cuda" or set_name not in CAPTURED_SETS:
         return []
-    adamw_bytes = 28 if dtype == torch.float32 else 14
+    adamw_bytes = adamw_bytes_per_param(dtype)
     return [
         Candidate("pytrainer FusedAdamW captured",
                   lambda ps: CapturedStep(FusedAdamW(ps, lr=1e-3, capturable=True)),
@@ -301,7 +306,7 @@ def compiled_candidates(dtype: torch.dtype, tensors: int, backend: str) -> list[
     COMPILED_MAX_TENSORS tensors (none for larger ones)."""
     if tensors > COMPILED_MAX_TENSORS:
         return []
-    adamw_bytes = 28 if dtype == torch.float32 else 14
+    adamw_bytes = adamw_bytes_per_param(dtype)
     return [Candidate(COMPILED_ANCHOR, lambda ps: CompiledStep(
         torch.optim.AdamW(ps, lr=1e-3, foreach=True), backend), adamw_bytes)]
 

@@ -5,7 +5,8 @@ benchmark figures against the GPU targets (issue 11), from the files in OUTDIR.
 
 Reads stages.tsv, smoke.json, tests.log, sanitizer_*.log, ptxas.txt,
 bench_optim.json, bench_accumulation.json and compiled/bench_optim.json (the
-compiled-step anchor); whatever is missing is reported as missing. Writes nothing; gpu_check.sh keeps its output as summary.txt.
+compiled-step anchor); whatever is missing is reported as missing. Writes
+nothing; gpu_check.sh keeps its output as summary.txt.
 """
 from __future__ import annotations
 

@@ -234,6 +234,7 @@ def test_a_nan_grad_scale_of_any_payload_stores_the_bits_of_the_portable_build(n
     assert all(bool(t.isnan().all()) for t in expected)
     assert_same_bits(results, expected)
 
+
 # vectors, and for factored states a matrix and a batch of matrices
 SHAPES = [(N,)]
 FACTORED_SHAPES = [(N,), (61, 67), (3, 20, 60)]

@@ -36,14 +36,21 @@ struct AdamWCoeffs {
   bool maximize;
 };
 
+// The param's factor of decoupled weight decay, 1 - lr * weight_decay (AdamW's
+// and AnyPrecisionAdamW's): exactly 1 without weight decay, not 1 - lr * 0, which
+// an infinite lr would make NaN.
+template <class S>
+PT_HOST_DEVICE S decay_factor(double lr, double weight_decay) {
+  return weight_decay != 0.0 ? static_cast<S>(1.0 - lr * weight_decay) : static_cast<S>(1);
+}
+
 // `step` is the step count including the step being taken (t >= 1).
 template <class S>
 PT_HOST_DEVICE AdamWCoeffs<S> make_adamw_coeffs(const AdamWHyper& h, double lr,
                                                  double step, double grad_mult) {
   AdamWCoeffs<S> c;
   c.grad_mult = static_cast<S>(grad_mult);
-  // not 1 - lr * 0, which an infinite lr would make NaN
-  c.decay = h.weight_decay != 0.0 ? static_cast<S>(1.0 - lr * h.weight_decay) : static_cast<S>(1);
+  c.decay = decay_factor<S>(lr, h.weight_decay);
   c.lerp_w = static_cast<S>(1.0 - h.beta1);
   c.lerp_w_minus_1 = c.lerp_w - static_cast<S>(1);
   c.lerp_small = (c.lerp_w < static_cast<S>(0.5)) && (c.lerp_w > static_cast<S>(-0.5));

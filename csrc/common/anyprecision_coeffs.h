@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "adamw_coeffs.h"
 #include "divisor.h"
 #include "macros.h"
 
@@ -43,8 +44,7 @@ PT_HOST_DEVICE AnyPrecisionCoeffs make_anyprecision_coeffs(const AnyPrecisionHyp
                                                            double step, double grad_mult) {
   AnyPrecisionCoeffs c;
   c.grad_mult = float_or_quiet_nan(grad_mult);
-  // not 1 - lr * 0, which an infinite lr would make NaN
-  c.decay = h.weight_decay != 0.0 ? static_cast<float>(1.0 - lr * h.weight_decay) : 1.0f;
+  c.decay = decay_factor<float>(lr, h.weight_decay);
   c.beta1 = float_or_quiet_nan(h.beta1);
   c.one_minus_beta1 = float_or_quiet_nan(1.0 - h.beta1);
   c.beta2 = float_or_quiet_nan(h.beta2);

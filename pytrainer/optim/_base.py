@@ -205,11 +205,9 @@ class KernelOptimizer(torch.optim.Optimizer):
             # pytrainer._C's typed entry of the op (csrc/python_entry.h)
             kernel = getattr(ops.kernels, self._op_name)
             params, grads, lists, steps = self._group_tensors(group)
-            table_slot = None
+            table_slot = self._table_slot(group) if params else -1
         if not params:
             return
-        if table_slot is None:
-            table_slot = self._table_slot(group)
         device = params[0].device
         self._check_kernels(device)
         lr, lr_tensor = self._lr_args(group["lr"])
