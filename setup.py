@@ -141,8 +141,11 @@ def link_missing_cuda_headers(cuda_home, torch_dir):
 
 def torch_arches(torch):
     """The architectures torch itself ships kernels for, as (major, minor), oldest first."""
+    names = torch.cuda.get_arch_list()
+    if not names:  # torch 2.11 lists none without a GPU; the flags it was built with do
+        names = (getattr(torch._C, "_cuda_getArchFlags", lambda: None)() or "").split()
     arches = set()
-    for arch in torch.cuda.get_arch_list():
+    for arch in names:
         match = re.fullmatch(r"sm_(\d+)(\d)", arch)
         if match:
             arches.add((int(match.group(1)), int(match.group(2))))

@@ -34,19 +34,23 @@ _OPCHECK_SHAPES = [(5, 7), (0,), (), (3,), (2, 0, 3), (2, 3, 4)]
 
 
 class _Recorder:
-    """Stands in for ``pytrainer._C``: records the op and the keyword arguments
-    of the step's kernel call instead of running it."""
+    """Stands in for ``pytrainer._C``: records the keyword arguments of the calls
+    of the op ``op_name`` instead of running it, and passes everything else (the
+    table slots that optimizers collected meanwhile release) to the real module."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, kernels, op_name: str):
+        self.kernels, self.op_name, self.calls = kernels, op_name, []
 
     def __getattr__(self, name):
-        return lambda **kwargs: self.calls.append((name, kwargs))
+        if name != self.op_name:
+            return getattr(self.kernels, name)
+        return lambda **kwargs: self.calls.append(kwargs)
 
 
 def _recorded_call(info, device, monkeypatch, *, lr_tensor=False, scaler=None):
     """The op and the arguments the third step of ``info``'s optimizer passes it:
-    parameters of every dtype it takes (one call), two real steps before."""
+    parameters of every dtype it takes (one call), two real steps before; and the
+    optimizer, which owns the table slot the arguments name."""
     dtypes = [d for d in (torch.float32, torch.bfloat16, torch.float16, torch.float64)
               if d in info.dtypes]
     params = [nn.Parameter(torch.randn(shape, device=device).to(dtypes[i % len(dtypes)]))
@@ -57,7 +61,7 @@ def _recorded_call(info, device, monkeypatch, *, lr_tensor=False, scaler=None):
         for p in params:
             p.grad = torch.randn_like(p)
         if _ == 2:
-            recorder = _Recorder()
+            recorder = _Recorder(ops.kernels, opt._op_name)
             monkeypatch.setattr(ops, "kernels", recorder)
         if scaler == "skip":  # folded clipping and inf check: found_inf set, grads kept
             opt.step_scaled(torch.tensor([0.5], device=device), torch.ones(1, device=device))
@@ -67,8 +71,8 @@ def _recorded_call(info, device, monkeypatch, *, lr_tensor=False, scaler=None):
             opt.step()
         else:
             opt.step()
-    (name, kwargs), = recorder.calls
-    return getattr(torch.ops.pytrainer, name).default, kwargs
+    kwargs, = recorder.calls
+    return getattr(torch.ops.pytrainer, opt._op_name).default, kwargs, opt
 
 
 #: (configuration, what the step gets): per op a plain step, the GradScaler's
@@ -86,7 +90,7 @@ _OPCHECK_CASES = (
                          ids=[f"{info.name}-{variant}" for info, variant in _OPCHECK_CASES])
 def test_opcheck(info, variant, device, monkeypatch):
     case = _VARIANTS[variant]
-    op, kwargs = _recorded_call(info, device, monkeypatch, **case)
+    op, kwargs, _owner_of_the_slot = _recorded_call(info, device, monkeypatch, **case)
     assert {torch.float32, torch.bfloat16} <= {p.dtype for p in kwargs["params"]}
     assert any(p.numel() == 0 for p in kwargs["params"])
     assert (kwargs["found_inf"] is not None) == ("scaler" in case)

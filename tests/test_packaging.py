@@ -89,6 +89,10 @@ def test_sdist_holds_every_tracked_kernel_source_and_header(sdist):
 
 
 def test_sdist_asks_for_any_torch_and_lists_the_extras(sdist):
+    import setuptools
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip(f"setuptools {setuptools.__version__} writes no Requires-Dist, Dynamic or "
+                    "License-Expression into an sdist; 77 and newer (requirements/dev.txt) do")
     with tarfile.open(sdist) as archive:
         info = archive.extractfile(f"pytrainer-{pytrainer.__version__}/PKG-INFO").read()
     metadata = email.message_from_bytes(info)
@@ -161,7 +165,8 @@ def test_build_plan_without_a_gpu_names_the_architectures_and_the_faster_ways():
     run = subprocess.run([sys.executable, "setup.py", "plan"], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, env=_env(PYTRAINER_CUDA="1"))
     assert run.returncode == 0, run.stderr
-    shipped = sorted((int(a[3:-1]), int(a[-1])) for a in torch.cuda.get_arch_list()
+    # what torch was built for (torch.cuda.get_arch_list() is empty without a GPU on 2.11)
+    shipped = sorted((int(a[3:-1]), int(a[-1])) for a in torch._C._cuda_getArchFlags().split()
                      if a.startswith("sm_"))
     arch_list = ";".join(f"{major}.{minor}" for major, minor in shipped) + "+PTX"
     assert f"{len(list(ROOT.glob('csrc/cuda/*.cu')))} .cu" in run.stdout

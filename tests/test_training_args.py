@@ -19,6 +19,7 @@ from pytrainer.field_kinds import PYTRAINER_FIELDS
 from pytrainer.optim import registry
 from pytrainer.training_args import (INTERVAL_STRATEGIES, SAVE_STRATEGIES, SCHEDULER_TYPES,
                                      StepIntervals, resolve_interval)
+from tests.hf_versions import defaults_not_in, fields_not_in
 
 #: Every field and its default, after __post_init__ (transformers 5.24's, in its order, and
 #: pytrainer's own). A new field must be added here.
@@ -570,11 +571,6 @@ DELIBERATE_DIFFERENCES = {
     # pytrainer, which keeps the declared default.
     "debug": "not available in pytrainer; stays ''",
 }
-#: Transformers 4.x defaults that pytrainer takes from transformers 5 instead.
-V5_DEFAULTS_ON_V4 = {
-    "report_to": "v4 defaults to 'all' (every installed integration); v5 and pytrainer to 'none'",
-    "lr_scheduler_kwargs": "v4 defaults to {}; v5 and pytrainer to None",
-}
 #: pytrainer fields that recent transformers no longer has (see field_kinds).
 ONLY_IN_PYTRAINER = PYTRAINER_FIELDS
 
@@ -590,11 +586,11 @@ def test_defaults_match_transformers_except_deliberate_differences():
         theirs = transformers.TrainingArguments()
     ours = TrainingArguments()
     their_fields = {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
-    major = int(transformers.__version__.split(".")[0])
-    allowed = dict(DELIBERATE_DIFFERENCES, **(V5_DEFAULTS_ON_V4 if major < 5 else {}))
+    allowed = dict(DELIBERATE_DIFFERENCES, **defaults_not_in(transformers))
 
     only_ours = {f.name for f in dataclasses.fields(ours)} - their_fields
-    assert only_ours <= set(ONLY_IN_PYTRAINER), f"undocumented fields: {only_ours}"
+    assert only_ours <= set(ONLY_IN_PYTRAINER) | fields_not_in(transformers), \
+        f"undocumented fields: {only_ours}"
     differences = {}
     for f in dataclasses.fields(ours):
         if f.name not in their_fields:

@@ -138,12 +138,11 @@ class KernelOptimizer(torch.optim.Optimizer):
     _param_dtypes = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
     #: whether states of contiguous parameters are views of one buffer per state and dtype
     _pack_states = True
-    #: (grad_scale, found_inf) of step_scaled, during its step
-    _folded: tuple[Tensor | None, Tensor | None] | None = None
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         ops.require()
         super().__init__(params, defaults)
+        self._init_folded()
         self._track_state()
         _note_state_lists(self._op_name)
 
@@ -168,7 +167,7 @@ class KernelOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        folded = self._folded
+        folded = self._folded[0]
         if folded is not None:  # step_scaled
             grad_scale, found_inf, write_back_grads = (*folded, False)
         else:  # GradScaler.step sets these around this call
@@ -189,15 +188,22 @@ class KernelOptimizer(torch.optim.Optimizer):
         ``~isfinite(grad_norm)`` here, so gradient clipping and the inf/NaN check
         cost neither a pass over the grads nor a host synchronisation. (Through
         ``step()``, so step hooks and learning-rate schedulers see the step.)"""
-        self._folded = (grad_scale, found_inf)
+        self._folded[0] = (grad_scale, found_inf)
         try:
             self.step()
         finally:
-            self._folded = None
+            self._folded[0] = None
+
+    def _init_folded(self) -> None:
+        # [(grad_scale, found_inf)] of step_scaled during its step, else [None]: a
+        # list set in place, as torch 2.11's dynamo cannot trace a setattr on an
+        # optimizer (an error, not a graph break)
+        self._folded: list[tuple[Tensor | None, Tensor | None] | None] = [None]
 
     def _step_group(self, group: dict[str, Any], first_index: int, grad_scale: Tensor | None,
                     found_inf: Tensor | None, write_back_grads: bool) -> None:
-        if torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        if compiling:
             # dynamo cannot trace the pybind entry: the op goes into the graph
             kernel = getattr(torch.ops.pytrainer, self._op_name)
             params, grads, lists, steps, table_slot = self._traced_group_tensors(group)
@@ -209,7 +215,8 @@ class KernelOptimizer(torch.optim.Optimizer):
         if not params:
             return
         device = params[0].device
-        self._check_kernels(device)
+        if not compiling:  # traced, its cache of checked devices breaks the graph (torch 2.11)
+            self._check_kernels(device)
         lr, lr_tensor = self._lr_args(group["lr"])
         # the one call of the kernels
         kernel(params=params, grads=grads, **lists, state_steps=steps, lr=lr, lr_tensor=lr_tensor,
@@ -403,6 +410,7 @@ class KernelOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:  # saved before the flag existed
             group.setdefault("capturable", False)
         self._track_state()
+        self._init_folded()
         _note_state_lists(self._op_name)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
