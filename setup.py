@@ -34,8 +34,12 @@ ROOT = Path(__file__).resolve().parent
 
 #: pytrainer's dependencies besides torch.
 DEPENDENCIES = ["safetensors>=0.4", "tqdm>=4.60", "numpy"]
+#: The oldest torch the test suite passed with (2026-12-03). torch 2.4 built the
+#: kernels but failed 76 tests: no torch.serialization.safe_globals (checkpoints),
+#: no compiled step (its functionalization refuses ops that mutate tensor lists).
+MIN_TORCH = (2, 11)
 #: The torch an sdist asks for; a wheel asks for the release it was built against.
-TORCH_ANY = "torch>=2.4"
+TORCH_ANY = f"torch>={MIN_TORCH[0]}.{MIN_TORCH[1]}"
 #: Editable installs (PEP 660) need setuptools 64.
 MIN_SETUPTOOLS = 64
 LICENSE = "Apache-2.0"
@@ -74,7 +78,16 @@ def import_torch():
     except ImportError as error:
         raise SystemExit(NO_TORCH.format(error=f"{type(error).__name__}: {error}",
                                          min_setuptools=MIN_SETUPTOOLS)) from None
+    check_torch_release(torch.__version__)
     return torch
+
+
+def check_torch_release(version):
+    """The kernels build against older torch releases, but pytrainer does not work with them."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match and (int(match.group(1)), int(match.group(2))) < MIN_TORCH:
+        raise SystemExit(f"pytrainer needs {TORCH_ANY}; this environment has torch {version}. "
+                         f"Run pip install -U '{TORCH_ANY}' and build again.")
 
 
 def env_choice(name):
