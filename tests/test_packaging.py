@@ -89,9 +89,9 @@ def test_sdist_holds_every_tracked_kernel_source_and_header(sdist):
 
 
 def test_sdist_asks_for_any_torch_and_lists_the_extras(sdist):
-    import setuptools
-    if int(setuptools.__version__.split(".")[0]) < 77:
-        pytest.skip(f"setuptools {setuptools.__version__} writes no Requires-Dist, Dynamic or "
+    version, major = load_setup_py().setuptools_version()
+    if major < 77:
+        pytest.skip(f"setuptools {version} writes no Requires-Dist, Dynamic or "
                     "License-Expression into an sdist; 77 and newer (requirements/dev.txt) do")
     with tarfile.open(sdist) as archive:
         info = archive.extractfile(f"pytrainer-{pytrainer.__version__}/PKG-INFO").read()
