@@ -289,7 +289,10 @@ def kernels_extension(torch, plan, build_info):
         def build_extensions(self):
             notify(plan.describe())
             record = Path(self.build_temp) / "pytrainer_build_info.cpp"
-            write_if_changed(record, build_info.c_source(plan.record()))
+            # the digest of the sources lets a module found later say whether it was
+            # built from the sources beside it (pytrainer env, benchmarks/gpu_check.sh)
+            info = dict(plan.record(), sources=build_info.sources_digest(ROOT))
+            write_if_changed(record, build_info.c_source(info))
             for extension in self.extensions:
                 if str(record) not in extension.sources:
                     extension.sources.append(str(record))

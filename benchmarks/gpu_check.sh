@@ -5,6 +5,17 @@
 #
 #   bash benchmarks/gpu_check.sh OUTDIR
 #
+# Compiling the CUDA kernels there takes minutes of that window. A machine without
+# a GPU that has the GPU machine's Python minor release and torch build (see
+# ../shared/gpu.md) compiles them beforehand:
+#
+#   PYTHON=/path/to/python3.12 TORCH_CUDA_ARCH_LIST=9.0 bash benchmarks/gpu_check.sh --prebuild
+#
+# which leaves the module, its build log and its ptxas report in build/gpu_prebuilt;
+# carry that folder to the GPU machine. There the build stage uses the carried module
+# when benchmarks/carried_build.py finds that it fits (the same torch, the GPU's
+# architecture, these sources) and it loads, and compiles otherwise.
+#
 # Stages, in order, each with its own time cap and its log written into OUTDIR as
 # it runs (a stage that hangs costs only its own cap; one that fails does not stop
 # the others):
@@ -27,10 +38,21 @@
 # DEVICE=cpu QUICK=1 runs the same pipeline on the CPU at tiny sizes (the
 # self-test of this script in tests/test_gpu_check.py).
 set -uo pipefail
-OUT_ARG=${1:?usage: benchmarks/gpu_check.sh OUTDIR}
-mkdir -p "$OUT_ARG"
-OUT=$(cd "$OUT_ARG" && pwd)  # resolved before the cd below
 cd "$(dirname "$0")/.."
+CARRIED=build/gpu_prebuilt
+PREBUILD=0
+if [ "${1:-}" = --prebuild ]; then
+    PREBUILD=1
+    STAGES=${STAGES:-env build}
+    BUDGET=${BUDGET:-1800}  # a development machine may have 2 cores
+    rm -rf "$CARRIED"
+    set -- "$CARRIED"
+fi
+OUT_ARG=${1:?usage: benchmarks/gpu_check.sh OUTDIR, or --prebuild}
+mkdir -p "$OUT_ARG"
+OUT=$(cd "$OUT_ARG" && pwd)
+# the package is imported from this tree, whether it was installed here or carried
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-0}
@@ -59,7 +81,7 @@ run_stage() {
     # timeout runs programs, not this script's functions: the stage runs in a
     # child bash that is given the functions and variables it needs
     local defs
-    defs="$(declare -f; declare -p PY OUT DEVICE QUICK TEST_GROUPS)"
+    defs="$(declare -f; declare -p PY OUT DEVICE QUICK TEST_GROUPS PREBUILD CARRIED)"
     timeout --kill-after=10 "$cap" bash -c "$defs"$'\n''"$@"' stage "$@" > "$OUT/$name.log" 2>&1
     rc=$?
     local took=$(( $(date +%s) - t0 )) status=ok
@@ -81,6 +103,37 @@ env_report() {
     "$PY" -m pytrainer env || true
 }
 
+# The module an in-place build writes, for this Python.
+module_file() {
+    "$PY" -c "import sysconfig; print('pytrainer/_C' + sysconfig.get_config_var('EXT_SUFFIX'))"
+}
+
+# use_carried ARCH: the module already here or the one in $CARRIED, when it fits
+# this machine and loads; otherwise it leaves no carried module behind.
+use_carried() {
+    local module
+    module=$(module_file) || return 1
+    local found
+    found=$("$PY" benchmarks/carried_build.py "$1" "$module" "$CARRIED/$(basename "$module")") ||
+        { echo "$found"; echo "compiling here"; return 1; }
+    echo "$found"
+    local chosen
+    chosen=$(tail -1 <<< "$found")
+    chosen=${chosen%%: fits*}
+    if [ "$chosen" != "$module" ]; then
+        cp "$chosen" "$module" || return 1
+        # the report of the build that made it
+        [ -f "$CARRIED/ptxas.txt" ] && cp "$CARRIED/ptxas.txt" "$OUT/ptxas.txt"
+    fi
+    if "$PY" -c "from pytrainer import ops; ops.require(); assert 'cuda' in ops.device_types()"; then
+        echo "using $chosen: no compilation"
+        return 0
+    fi
+    echo "it does not load here: compiling"
+    rm -f "$module"
+    return 1
+}
+
 build() {
     if [ "$DEVICE" = cpu ]; then
         echo "DEVICE=cpu: using the existing build"
@@ -88,18 +141,34 @@ build() {
         return
     fi
     local arch
-    arch=$("$PY" -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')") || return 1
-    export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} MAX_JOBS=${MAX_JOBS:-16} \
-        PYTRAINER_CUDA=1 PYTRAINER_PTXAS_VERBOSE=1
-    echo "building for sm_${arch/./} (MAX_JOBS=$MAX_JOBS)"
-    "$PY" -m pip install -v --no-build-isolation --no-deps --no-index -e . ||
-        { echo "editable install failed; building in place"; "$PY" setup.py build_ext --inplace; } || return 1
+    if [ "$PREBUILD" = 1 ]; then
+        arch=${TORCH_CUDA_ARCH_LIST:?--prebuild: set TORCH_CUDA_ARCH_LIST to the architecture of the GPU machine, e.g. 9.0}
+    else
+        arch=$("$PY" -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')") || return 1
+    fi
+    if [ "$PREBUILD" = 1 ] || ! use_carried "$arch"; then
+        export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+            PYTRAINER_CUDA=1 PYTRAINER_PTXAS_VERBOSE=1
+        echo "building for sm_${arch/./} (MAX_JOBS=$MAX_JOBS)"
+        "$PY" -m pip install -v --no-build-isolation --no-deps --no-index -e . ||
+            { echo "editable install failed; building in place"; "$PY" setup.py build_ext --inplace; } || return 1
+        # registers, shared memory, spills and stack frames per kernel, from -Xptxas -v
+        "$PY" benchmarks/ptxas_report.py "$OUT/build.log" > "$OUT/ptxas.txt" 2>&1 || true
+    fi
     if ! "$PY" -c "import hypothesis" 2>/dev/null && [ -d wheels ]; then
         "$PY" -m pip install -q --no-index --find-links wheels hypothesis
     fi
+    if [ "$PREBUILD" = 1 ]; then
+        # without its debug information (the host code's): a tenth of the size, under
+        # what the device tool carries; the GPU code keeps its line table
+        local module
+        module=$(module_file)
+        strip --strip-debug -o "$OUT/$(basename "$module")" "$module" ||
+            cp "$module" "$OUT/" || return 1
+        du -h "$OUT/$(basename "$module")"
+        echo "carry $CARRIED to the GPU machine (run's carry: [\"$CARRIED\"])"
+    fi
     "$PY" -c "from pytrainer import ops; print('built: kernels for', ops.device_types())"
-    # registers, shared memory, spills and stack frames per kernel, from -Xptxas -v
-    "$PY" benchmarks/ptxas_report.py "$OUT/build.log" > "$OUT/ptxas.txt" 2>&1 || true
 }
 
 sanitizer() {
@@ -142,7 +211,7 @@ if [ "$QUICK" = 1 ]; then
 fi
 
 run_stage env 45 env_report
-run_stage build 240 build
+run_stage build $(( PREBUILD ? 1800 : 240 )) build
 run_stage smoke 60 "$PY" benchmarks/gpu_smoke.py --device "$DEVICE" --json "$OUT/smoke.json"
 cuda_tests() {
     local group name files named=() args results=() rc=0 r

@@ -9,13 +9,15 @@ setup.py loads it by path, before torch may even be importable.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
 import struct
+from pathlib import Path
 
-__all__ = ["SECTION", "c_source", "kernels_path", "read", "torch_requirement", "mismatch",
-           "check_torch", "TorchMismatchError"]
+__all__ = ["SECTION", "c_source", "kernels_path", "read", "sources_digest", "built_from",
+           "torch_requirement", "mismatch", "check_torch", "TorchMismatchError"]
 
 #: The ELF section that holds the record.
 SECTION = ".pytrainer_build"
@@ -32,6 +34,30 @@ def c_source(info: dict) -> str:
             "// read by pytrainer/_build_info.py without loading the module.\n"
             "static const char pytrainer_build_info[]\n"
             f'    __attribute__((used, section("{SECTION}"))) = {literal};\n')
+
+
+def sources_digest(root: str | Path) -> str | None:
+    """A digest of what the kernels are compiled from (setup.py and csrc/ under
+    ``root``), recorded by setup.py: a module whose digest differs from its source
+    tree's was built from other sources. None when ``root`` holds no sources (an
+    installed wheel)."""
+    root = Path(root)
+    if not (root / "setup.py").is_file() or not (root / "csrc").is_dir():
+        return None
+    files = [root / "setup.py", *sorted(p for p in (root / "csrc").rglob("*") if p.is_file())]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def built_from(info: dict, root: str | Path) -> bool | None:
+    """Whether the module with record ``info`` was built from the sources under
+    ``root``; None when that cannot be told (no digest recorded, no sources there)."""
+    here = sources_digest(root)
+    recorded = info.get("sources")
+    return None if here is None or not recorded else recorded == here
 
 
 def kernels_path() -> str | None:

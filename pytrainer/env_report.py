@@ -69,7 +69,8 @@ def _kernels(torch) -> list[tuple[str, str]]:
         rows += [("built against torch", record.get("torch")),
                  ("built for devices", ", ".join(record.get("devices", ())) or "none"),
                  ("built for CUDA", record.get("cuda") or "no CUDA kernels"),
-                 ("built for GPU archs", record.get("cuda_arch_list") or "none")]
+                 ("built for GPU archs", record.get("cuda_arch_list") or "none"),
+                 ("built from", _built_from(record, path))]
     elif path is not None:
         rows.append(("build record", "none (built before pytrainer recorded its builds)"))
     if ops.available():
@@ -79,6 +80,21 @@ def _kernels(torch) -> list[tuple[str, str]]:
     else:
         rows.append(("CPU instruction set", "unknown (the kernels are not loaded)"))
     return rows
+
+
+def _built_from(record: dict, path: str) -> str:
+    """Whether an editable build is older than its sources (a pull without a rebuild)."""
+    from pytrainer import _build_info
+
+    root = os.path.dirname(os.path.dirname(path))
+    fresh = _build_info.built_from(record, root)
+    if fresh is None:
+        return (f"sources {record['sources']}" if record.get("sources") else
+                "sources not recorded (built before pytrainer recorded them)")
+    if fresh:
+        return f"the sources beside it ({root}: setup.py, csrc/)"
+    return (f"older sources: setup.py or csrc/ in {root} changed since the build; rebuild "
+            "(pip install --no-build-isolation -e .)")
 
 
 def _gpus(torch) -> list[tuple[str, str]]:

@@ -1,6 +1,10 @@
 """Small test utilities."""
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import torch
 
 SHAPES = [(), (1,), (0,), (17,), (1023,), (33, 65), (3, 5, 7), (40_000,)]
@@ -20,3 +24,12 @@ def rounding_tolerance(dtype: torch.dtype) -> dict:
 
 def random_like_param(shape, dtype, device, scale=1.0):
     return (torch.randn(shape, dtype=torch.float32, device=device) * scale).to(dtype)
+
+
+def load_module(name: str, path: Path):
+    """A script (setup.py, a benchmark) as a module, loaded from its file."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

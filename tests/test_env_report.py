@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 import pytrainer
 from pytrainer import _build_info, cli, env_report, ops
 
+ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("pytrainer", "Python", "platform", "CPU", "torch", "torch CUDA", "torch GPU archs",
           "kernels", "CPU instruction set", "GPUs", "transformers", "accelerate")
 
@@ -59,6 +61,8 @@ def test_report_with_the_kernels():
     if record:
         assert fields["built against torch"] == record["torch"]
         assert fields["built for GPU archs"] == (record["cuda_arch_list"] or "none")
+        if _build_info.built_from(record, ROOT):
+            assert fields["built from"] == f"the sources beside it ({ROOT}: setup.py, csrc/)"
     if not torch.cuda.is_available():
         assert fields["GPUs"] == "none visible"
     else:
@@ -81,7 +85,7 @@ def test_report_of_a_module_built_for_another_torch():
     prelude = textwrap.dedent("""
         from pytrainer import _build_info
         record = {"torch": "2.0.1+cu117", "cuda": "11.7", "devices": ["cpu", "cuda"],
-                  "cuda_arch_list": "8.0;9.0+PTX"}
+                  "cuda_arch_list": "8.0;9.0+PTX", "sources": "0123456789abcdef"}
         _build_info.read = lambda path=None: record
     """)
     if _build_info.kernels_path() is None:
@@ -91,6 +95,11 @@ def test_report_of_a_module_built_for_another_torch():
     assert fields["built against torch"] == "2.0.1+cu117"
     assert fields["built for GPU archs"] == "8.0;9.0+PTX"
     assert fields["built for devices"] == "cpu, cuda"
+    if Path(_build_info.kernels_path()).parent == ROOT / "pytrainer":  # an editable build
+        assert fields["built from"].startswith(f"older sources: setup.py or csrc/ in {ROOT} "
+                                               "changed since the build; rebuild")
+    else:
+        assert fields["built from"] == "sources 0123456789abcdef"
 
 
 def test_env_is_a_command_of_the_cli(capsys):

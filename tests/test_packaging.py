@@ -5,7 +5,6 @@ Nothing here compiles: the metadata and the sdist come from setup.py's own hooks
 from __future__ import annotations
 
 import email
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from packaging.specifiers import SpecifierSet
 
 import pytrainer
 from pytrainer import _build_info, ops
+from tests.helpers import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,10 +182,7 @@ def test_build_plan_without_a_gpu_names_the_architectures_and_the_faster_ways():
 
 def load_setup_py():
     """setup.py as a module (its main() does not run on import)."""
-    spec = importlib.util.spec_from_file_location("pytrainer_setup_py", ROOT / "setup.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("pytrainer_setup_py", ROOT / "setup.py")
 
 
 def test_a_build_against_a_torch_older_than_pytrainer_works_with_stops_saying_so():
@@ -232,6 +229,36 @@ def test_the_built_module_records_what_it_was_built_against():
     else:
         assert record["cuda"] is None and record["cuda_arch_list"] is None
     assert _build_info.mismatch(record, str(torch.__version__), torch.version.cuda) is None
+    assert record["sources"]
+    if Path(_build_info.kernels_path()).parent == ROOT / "pytrainer":  # an editable build
+        assert _build_info.built_from(record, ROOT), (
+            "pytrainer._C was built from other sources than this tree's: rebuild it "
+            "(pip install --no-build-isolation -e .)")
+
+
+def test_the_sources_digest_changes_with_every_file_the_kernels_are_built_from(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "csrc" / "cuda").mkdir(parents=True)
+    (tree / "setup.py").write_text("setup()\n")
+    (tree / "csrc" / "a.cpp").write_text("int a;\n")
+    (tree / "csrc" / "cuda" / "b.cu").write_text("int b;\n")
+    first = _build_info.sources_digest(tree)
+    assert first and _build_info.sources_digest(tree) == first
+    changes = [lambda: (tree / "csrc" / "cuda" / "b.cu").write_text("int c;\n"),
+               lambda: (tree / "setup.py").write_text("setup(x=1)\n"),
+               lambda: (tree / "csrc" / "c.h").write_text(""),
+               lambda: (tree / "csrc" / "a.cpp").rename(tree / "csrc" / "d.cpp")]
+    digests = {first}
+    for change in changes:
+        change()
+        digests.add(_build_info.sources_digest(tree))
+    assert len(digests) == 1 + len(changes)
+    last = _build_info.sources_digest(tree)
+    assert _build_info.built_from({"sources": last}, tree) is True
+    assert _build_info.built_from({"sources": first}, tree) is False
+    assert _build_info.built_from({}, tree) is None                   # recorded before digests
+    assert _build_info.sources_digest(tmp_path) is None               # an installed package
+    assert _build_info.built_from({"sources": last}, tmp_path) is None
 
 
 def test_the_record_is_read_from_the_file_and_only_from_its_section(tmp_path):

@@ -3,18 +3,16 @@ per kernel, and a failing exit on a spill, an unexpected stack frame or a log
 without kernels (the CI build and the GPU check rely on both)."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import load_module
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "ptxas_report.py"
 
-_spec = importlib.util.spec_from_file_location("ptxas_report", SCRIPT)
-report = importlib.util.module_from_spec(_spec)
-sys.modules["ptxas_report"] = report
-_spec.loader.exec_module(report)
+report = load_module("ptxas_report", SCRIPT)
 
 ADAMW = "_ZN9pytrainer4cuda19multi_tensor_kernelINS0_12AdamWFunctorIfLb0EEEEEvNS0_11DeviceTableET_"
 SUMS = "_ZN9pytrainer4cuda12_GLOBAL__N_111sums_kernelIN3c108BFloat16EEEvNS0_15AdafactorLaunchE"
