@@ -527,13 +527,29 @@ def capability_env(isa: str) -> dict[str, str]:
     return {"ATEN_CPU_CAPABILITY": TORCH_CAPABILITY_OF_ISA[isa], "PYTRAINER_CPU_ISA": isa}
 
 
+def started_apart() -> bool:
+    """Whether run_apart started this process (its settings are in the environment)."""
+    forced = os.environ.get("PYTRAINER_CPU_ISA")
+    return forced in TORCH_CAPABILITY_OF_ISA and all(
+        os.environ.get(k) == v for k, v in capability_env(forced).items())
+
+
+def torch_capability() -> str:
+    """torch's CPU capability in ATEN_CPU_CAPABILITY's terms: torch before 2.9 names
+    the default one "NO AVX"."""
+    here = torch.backends.cpu.get_cpu_capability().lower()
+    return "default" if here == "no avx" else here
+
+
 def split_isas(isas: list[str] | None) -> tuple[list[str] | None, list[str]]:
     """The instruction sets to measure in this process, and those that go to
     processes of their own: builds narrower than torch's kernels here, whose
-    anchors in this process would be torch's wider ones."""
-    here = torch.backends.cpu.get_cpu_capability().lower()
-    apart = [isa for isa in isas or ()
-             if isa in TORCH_CAPABILITY_OF_ISA and TORCH_CAPABILITY_OF_ISA[isa] != here]
+    anchors in this process would be torch's wider ones. A process started apart
+    measures all of its own, so that none starts another."""
+    here = torch_capability()
+    apart = [] if started_apart() else [
+        isa for isa in isas or ()
+        if isa in TORCH_CAPABILITY_OF_ISA and TORCH_CAPABILITY_OF_ISA[isa] != here]
     return (None if isas is None else [isa for isa in isas if isa not in apart]), apart
 
 
@@ -611,9 +627,7 @@ def main(argv=None):
     all_rows, errors, notes = [], [], []
     cpu_isas_here, apart = split_isas(isas)
     # started by run_apart: torch's candidates only as the anchors of the build measured
-    forced = os.environ.get("PYTRAINER_CPU_ISA")
-    anchors_only = forced in TORCH_CAPABILITY_OF_ISA and all(
-        os.environ.get(k) == v for k, v in capability_env(forced).items())
+    anchors_only = started_apart()
     for device in devices:
         if device == "cpu" and apart and not cpu_isas_here:
             continue  # only builds measured apart asked for: all of it in their processes

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pytrainer import ops
+from tests.helpers import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -278,3 +279,22 @@ def test_bench_optim_times_captured_steps_on_cuda(tmp_path):
         assert mine["anchor"] == "torch AdamW fused captured"
         assert mine["ms_per_step"] > 0 and mine["speedup_vs_anchor"] > 0
         assert rows["torch AdamW fused captured"]["ms_per_step"] > 0
+
+
+@pytest.mark.parametrize("capability", ["DEFAULT", "NO AVX", "AVX2", "AVX512"])
+def test_a_build_measured_apart_starts_no_process_of_its_own(monkeypatch, capability):
+    """torch before 2.9 names its default capability "NO AVX": a process started for
+    the DEFAULT build took it for another capability and started another, without
+    end, until the machine ran out of memory."""
+    bench = load_module("bench_optim", ROOT / "benchmarks" / "bench_optim.py")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    for isa, env in (("DEFAULT", bench.capability_env("DEFAULT")),
+                     ("AVX2", bench.capability_env("AVX2"))):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert bench.split_isas([isa]) == ([isa], [])
+    monkeypatch.delenv("PYTRAINER_CPU_ISA")
+    here = "DEFAULT" if capability in ("DEFAULT", "NO AVX") else capability
+    expected_apart = [isa for isa in ("AVX2", "DEFAULT") if isa.lower() != here.lower()]
+    assert bench.split_isas(["AVX2", "DEFAULT"]) == (
+        [isa for isa in ("AVX2", "DEFAULT") if isa not in expected_apart], expected_apart)

@@ -363,9 +363,13 @@ def test_integer_params_rejected():
 
 def test_grad_dtype_mismatch_rejected(device):
     p = torch.nn.Parameter(torch.randn(5, device=device))
+    grad = torch.randn(5, device=device, dtype=torch.bfloat16)
     if hasattr(p, "grad_dtype"):  # torch >= 2.10 refuses such grads unless asked
         p.grad_dtype = None
-    p.grad = torch.randn(5, device=device, dtype=torch.bfloat16)
+        p.grad = grad
+    else:  # older releases refuse them always, but not through .data
+        p.grad = torch.randn(5, device=device)
+        p.grad.data = grad
     with pytest.raises(RuntimeError, match=r"grads\[0\] has dtype BFloat16"):
         FusedAdamW([p]).step()
 
