@@ -35,9 +35,11 @@ ROOT = Path(__file__).resolve().parent
 #: pytrainer's dependencies besides torch.
 DEPENDENCIES = ["safetensors>=0.4", "tqdm>=4.60", "numpy"]
 #: The oldest torch the test suite passed with (torch 2.9.1, 2026-12-03). torch 2.8.0
-#: was not finished (its run stopped on a benchmark bug, since fixed). torch 2.4 built
-#: the kernels but failed 76 tests: no torch.serialization.safe_globals (checkpoints),
-#: no compiled step (its functionalization refuses ops that mutate tensor lists).
+#: failed 4 tests and 1 error: FSDP2 training with tied embeddings differs from one
+#: process (up to 3.4e-3 in a weight), no torch.backends.fp32_precision, and its default
+#: CPU capability is named NO AVX. torch 2.4 built the kernels but failed 76 tests: no
+#: torch.serialization.safe_globals (checkpoints), no compiled step (its
+#: functionalization refuses ops that mutate tensor lists).
 MIN_TORCH = (2, 9)
 #: The torch an sdist asks for; a wheel asks for the release it was built against.
 TORCH_ANY = f"torch>={MIN_TORCH[0]}.{MIN_TORCH[1]}"
