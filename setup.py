@@ -18,6 +18,7 @@ A wheel requires the torch release it was built against (torch==X.Y.*), and the
 module records what it was built for (pytrainer/_build_info.py). The sdist needs
 no torch to be made.
 """
+import functools
 import importlib.util
 import os
 import platform
@@ -66,6 +67,7 @@ giving kernels that fail to load). Install torch first, then build without isola
 without isolation uses your setuptools and ninja too: pip install "setuptools>={min_setuptools}" ninja)"""
 
 
+@functools.cache
 def load_build_info():
     """pytrainer/_build_info.py, loaded by path: the package itself may not import here."""
     spec = importlib.util.spec_from_file_location("_pytrainer_build_info",
@@ -87,8 +89,7 @@ def import_torch():
 
 def check_torch_release(version):
     """The kernels build against older torch releases, but pytrainer does not work with them."""
-    match = re.match(r"(\d+)\.(\d+)", version)
-    if match and (int(match.group(1)), int(match.group(2))) < MIN_TORCH:
+    if load_build_info().release(version) < MIN_TORCH:
         raise SystemExit(f"pytrainer needs {TORCH_ANY}; this environment has torch {version}. "
                          f"Run pip install -U '{TORCH_ANY}' and build again.")
 

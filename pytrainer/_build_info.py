@@ -17,7 +17,7 @@ import struct
 from pathlib import Path
 
 __all__ = ["SECTION", "c_source", "kernels_path", "read", "sources_digest", "built_from",
-           "torch_requirement", "mismatch", "check_torch", "TorchMismatchError"]
+           "release", "torch_requirement", "mismatch", "check_torch", "TorchMismatchError"]
 
 #: The ELF section that holds the record.
 SECTION = ".pytrainer_build"
@@ -116,7 +116,7 @@ def read(path: str | None = None) -> dict | None:
         return None
 
 
-def _release(version: str) -> tuple[int, ...]:
+def release(version: str) -> tuple[int, ...]:
     """(major, minor) of a torch version such as ``2.14.1+cu130``."""
     match = re.match(r"(\d+)\.(\d+)", version)
     if not match:
@@ -127,7 +127,7 @@ def _release(version: str) -> tuple[int, ...]:
 def torch_requirement(torch_version: str) -> str:
     """What a wheel built against ``torch_version`` requires: the same major.minor
     release, whose C++ interface the module links against (any patch release of it)."""
-    major, minor = _release(torch_version)
+    major, minor = release(torch_version)
     return f"torch=={major}.{minor}.*"
 
 
@@ -136,7 +136,7 @@ def mismatch(info: dict, torch_version: str, torch_cuda: str | None) -> str | No
     built = info.get("torch")
     if not isinstance(built, str):
         return None
-    if _release(built) != _release(torch_version):
+    if release(built) != release(torch_version):
         return (f"pytrainer._C was built against torch {built}, but torch {torch_version} is "
                 "installed, and a compiled extension loads only with the torch release it was "
                 "built against: rebuild it against this torch, or install the torch it was built "

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import torch
 
+from pytrainer import _build_info
+
+ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(), (1,), (0,), (17,), (1023,), (33, 65), (3, 5, 7), (40_000,)]
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -33,3 +36,9 @@ def load_module(name: str, path: Path):
     sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def editable_build() -> bool:
+    """Whether the compiled kernels are this tree's own in-place (editable) build."""
+    path = _build_info.kernels_path()
+    return path is not None and Path(path).parent == ROOT / "pytrainer"

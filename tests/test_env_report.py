@@ -15,6 +15,7 @@ import torch
 
 import pytrainer
 from pytrainer import _build_info, cli, env_report, ops
+from tests.helpers import editable_build
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELDS = ("pytrainer", "Python", "platform", "CPU", "torch", "torch CUDA", "torch GPU archs",
@@ -95,7 +96,7 @@ def test_report_of_a_module_built_for_another_torch():
     assert fields["built against torch"] == "2.0.1+cu117"
     assert fields["built for GPU archs"] == "8.0;9.0+PTX"
     assert fields["built for devices"] == "cpu, cuda"
-    if Path(_build_info.kernels_path()).parent == ROOT / "pytrainer":  # an editable build
+    if editable_build():
         assert fields["built from"].startswith(f"older sources: setup.py or csrc/ in {ROOT} "
                                                "changed since the build; rebuild")
     else:

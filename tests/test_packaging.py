@@ -19,7 +19,7 @@ from packaging.specifiers import SpecifierSet
 
 import pytrainer
 from pytrainer import _build_info, ops
-from tests.helpers import load_module
+from tests.helpers import editable_build, load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -230,7 +230,7 @@ def test_the_built_module_records_what_it_was_built_against():
         assert record["cuda"] is None and record["cuda_arch_list"] is None
     assert _build_info.mismatch(record, str(torch.__version__), torch.version.cuda) is None
     assert record["sources"]
-    if Path(_build_info.kernels_path()).parent == ROOT / "pytrainer":  # an editable build
+    if editable_build():
         assert _build_info.built_from(record, ROOT), (
             "pytrainer._C was built from other sources than this tree's: rebuild it "
             "(pip install --no-build-isolation -e .)")
