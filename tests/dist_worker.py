@@ -105,6 +105,24 @@ def ddp_settings(wrapped):
             "backend": torch.distributed.get_backend()}
 
 
+def average_reduce_scatter_sums():
+    """Makes this process's reduce-scatters return the sum where asked for the mean
+    (ReduceOp.AVG), as torch 2.8's gloo backend does: a run must not depend on AVG."""
+    import torch.distributed as dist
+
+    def summing(collective):
+        def call(*args, **kwargs):
+            if kwargs.get("op") == dist.ReduceOp.AVG:
+                kwargs["op"] = dist.ReduceOp.SUM
+            return collective(*args, **kwargs)
+        return call
+
+    # FSDP2 calls the one its release has
+    for name in ("reduce_scatter_tensor", "reduce_scatter_single"):
+        if hasattr(dist, name):
+            setattr(dist, name, summing(getattr(dist, name)))
+
+
 def setting(name):
     """(train set, model, collator, evaluation set) of a model name."""
     if name == "token":
@@ -129,6 +147,8 @@ def main(config_path: str, out_path: str) -> None:
     args = TrainingArguments(**fields)
     with args.main_process_first(desc="building the data"):  # as Hugging Face's scripts do
         train, model, collator, evaluation = setting(config["model"])
+    if config.get("average_sums"):
+        average_reduce_scatter_sums()
     optimizers, cls_and_kwargs = (None, None), None
     if config.get("sgd"):
         optimizers = (torch.optim.SGD(model.parameters(), lr=fields.get("learning_rate", 0.05)),

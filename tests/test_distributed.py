@@ -180,13 +180,16 @@ def test_fsdp2_units_are_the_blocks_and_leave_tied_weights_to_the_root():
 @pytest.mark.skipif(not fsdp2_available(), reason="torch.distributed.fsdp.fully_shard missing")
 def test_fsdp2_builds_the_optimizer_of_optimizer_cls_and_kwargs_over_the_shards(tmp_path):
     """The way to give FSDP2 an optimizer of one's own: its class and arguments,
-    built once the model is sharded; trains like one process with that optimizer."""
+    built once the model is sharded; trains like one process with that optimizer.
+    Also where the backend's reduce-scatter returns the sum for ReduceOp.AVG (torch
+    2.8's gloo, emulated here on any release): plain SGD without clipping would take
+    steps world_size times too long if the Trainer left FSDP2 to ask for AVG."""
     config = dict(model="token", sgd_class=True, accumulation=2, args=dict(
         max_grad_norm=0.0, lr_scheduler_type="constant", gradient_accumulation_steps=2))
     one = launch(tmp_path, "one", dict(config, args=dict(config["args"],
                                                            per_device_train_batch_size=8)), 1)
-    two = launch(tmp_path, "two", dict(config, args=dict(config["args"], fsdp2=True,
-                                                           per_device_train_batch_size=4)))
+    two = launch(tmp_path, "two", dict(config, average_sums=True, args=dict(
+        config["args"], fsdp2=True, per_device_train_batch_size=4)))
     assert_params_close(one, two)
     from tests.trainer_fixtures import TokenModel
     start = {k: v.flatten().tolist() for k, v in TokenModel().state_dict().items()}

@@ -155,11 +155,18 @@ def shard_fsdp2(model: nn.Module, device_type: str, world_size: int) -> None:
             f"fsdp2=True needs torch.distributed.fsdp.fully_shard (torch >= 2.6); this is torch "
             f"{torch.__version__}")
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import FSDPModule, fully_shard
     mesh = init_device_mesh(device_type, (world_size,))
     for unit in fsdp2_units(model):
         fully_shard(unit, mesh=mesh)
     fully_shard(model, mesh=mesh)
+    if torch.distributed.get_backend(mesh.get_group()) == "gloo":
+        # FSDP2 reduce-scatters float32 and bfloat16 grads with ReduceOp.AVG, and
+        # torch 2.8's gloo returns the sum for it (world_size times the mean): sums,
+        # then FSDP2's own division, are right with every release.
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.set_force_sum_reduction_for_comms(True)
 
 
 def fsdp2_units(model: nn.Module) -> list[nn.Module]:
