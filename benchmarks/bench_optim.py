@@ -513,7 +513,7 @@ def environment(device, isas):
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
     else:
-        env["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        env["torch_cpu_capability"] = torch_capability().upper()
     return env
 
 
@@ -666,7 +666,7 @@ def main(argv=None):
                 for r in rows:
                     r["device"] = device
                     if device == "cpu":
-                        r["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+                        r["torch_cpu_capability"] = torch_capability().upper()
                 torch_kernels = (f"; torch's CPU capability {rows[0]['torch_cpu_capability']}"
                                  if device == "cpu" else "")
                 print_table(rows, f"{device}: optimizer step, {set_name} "

@@ -101,7 +101,7 @@ def test_bench_optim_measures_the_default_build_against_torchs_default_capabilit
         if row["anchor"]:
             assert row["anchor"] in {"torch AdamW fused", "torch Adafactor foreach"}, row
             assert math.isfinite(row["speedup_vs_anchor"]) and row["speedup_vs_anchor"] > 0, row
-    if torch.backends.cpu.get_cpu_capability() != "DEFAULT":
+    if torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX"):  # torch < 2.9
         assert "ATEN_CPU_CAPABILITY=default PYTRAINER_CPU_ISA=DEFAULT" in out
         # in that process torch runs only as the anchors
         assert {r["optimizer"] for r in rows if not r["isa"]} == {"torch AdamW fused",

@@ -295,18 +295,37 @@ def test_torch_compile(tmp_path, monkeypatch):
 
 @pytest.fixture
 def restore_precision():
-    before = torch.backends.fp32_precision
-    yield
-    torch.backends.fp32_precision = before
+    if hasattr(torch.backends, "fp32_precision"):
+        before = torch.backends.fp32_precision
+        yield
+        torch.backends.fp32_precision = before
+    else:
+        before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        yield
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+# torch 2.9 set TF32 by torch.backends.fp32_precision; before, by the allow_tf32 flags
+def precision_tf32() -> bool:
+    if hasattr(torch.backends, "fp32_precision"):
+        return torch.backends.cuda.matmul.fp32_precision == "tf32"
+    return torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+
+
+def set_precision_tf32(on: bool) -> None:
+    if hasattr(torch.backends, "fp32_precision"):
+        torch.backends.fp32_precision = "tf32" if on else "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
 
 
 def test_tf32(tmp_path, restore_precision):
-    torch.backends.fp32_precision = "tf32"
+    set_precision_tf32(True)
     Trainer(RegressionModel(), quiet_args(tmp_path, tf32=False))
-    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    assert not precision_tf32()
     if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
         Trainer(RegressionModel(), make_args(tmp_path, tf32=True, use_cpu=False))
-        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        assert precision_tf32()
     else:
         with pytest.raises(ValueError, match="tf32=True needs an NVIDIA GPU of the Ampere"):
             Trainer(RegressionModel(), quiet_args(tmp_path, tf32=True))
