@@ -15,6 +15,7 @@ instead of pickling.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import inspect
 import json
 import logging
@@ -25,6 +26,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Literal, Mapping, get_args
 
 from pytrainer import deprecated_args
+from pytrainer._build_info import release
 from pytrainer._arg_checks import (MAX_SEED, check_bool, check_str, choice, copy_json,
                                    json_object, plain, same, show, string_list, to_float, to_int,
                                    to_steps)
@@ -91,6 +93,18 @@ def _help(text: str, **metadata: Any) -> dict[str, Any]:
     # Only keys argparse takes: transformers' HfArgumentParser passes metadata to
     # add_argument as it is, and scripts build it over this class.
     return {"help": text, **metadata}
+
+
+def _default_optim() -> str:
+    """transformers' default optimizer: torch's fused AdamW from torch 2.8 on, its
+    for-each AdamW before. Read from torch's package metadata: importing torch here
+    would slow every import of the arguments."""
+    try:
+        version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:  # a torch built without metadata
+        import torch
+        version = torch.__version__
+    return "adamw_torch_fused" if release(version) >= (2, 8) else "adamw_torch"
 
 
 class _OptimizerNames(Sequence):
@@ -172,7 +186,7 @@ class TrainingArguments(ProcessProperties, metaclass=_TakesTransformers4Names):
     warmup_steps: float = field(default=0, metadata=_help(
         "Steps of linear warmup: a count when >= 1, a ratio of the total steps when in (0, 1)."))
     # --- optimizer
-    optim: str = field(default="adamw_torch_fused", metadata=_help(
+    optim: str = field(default=_default_optim(), metadata=_help(
         "The optimizer: every name of transformers' OptimizerNames, plus pytrainer's "
         "adamw_custom_fused (fused AdamW kernels) and adamw_hf. Those needing a library are "
         "an error when it is not installed.", choices=_OptimizerNames()))

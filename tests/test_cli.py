@@ -65,9 +65,11 @@ def test_train_fsdp2_under_torchrun(tmp_path):
     The saved model, evaluated in one process, gives the same eval_loss."""
     from torch.distributed import is_available
 
-    from pytrainer.trainer.distributed import fsdp2_available
-    if not (is_available() and fsdp2_available()):
-        pytest.skip("needs torch.distributed with FSDP2")
+    from pytrainer.trainer.distributed import fsdp2_unsupported
+    if not is_available():
+        pytest.skip("needs torch.distributed")
+    if fsdp2_unsupported("cpu"):
+        pytest.skip(fsdp2_unsupported("cpu"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)

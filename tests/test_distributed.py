@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from pytrainer import ops
-from pytrainer.trainer.distributed import fsdp2_available
+from pytrainer.trainer.distributed import fsdp2_unsupported
 
 ROOT = Path(__file__).resolve().parents[1]
+_NO_FSDP2 = fsdp2_unsupported("cpu")
+needs_fsdp2 = pytest.mark.skipif(bool(_NO_FSDP2), reason=str(_NO_FSDP2))
 pytestmark = [pytest.mark.skipif(not ops.available(), reason="compiled kernels not built"),
               pytest.mark.skipif(not torch.distributed.is_available(),
                                  reason="torch.distributed is not available")]
@@ -120,7 +122,7 @@ def test_evaluation_under_two_ranks_equals_one_process(tmp_path):
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-6)
 
 
-@pytest.mark.skipif(not fsdp2_available(), reason="torch.distributed.fsdp.fully_shard missing")
+@needs_fsdp2
 @pytest.mark.parametrize("optim", ["adamw_custom_fused", "adamw_anyprecision"])
 def test_fsdp2_shards_train_like_one_process(tmp_path, optim):
     config = dict(model="token", accumulation=2, args=dict(
@@ -138,7 +140,7 @@ def test_fsdp2_shards_train_like_one_process(tmp_path, optim):
     assert_params_close(two, resumed, rel=1e-6)
 
 
-@pytest.mark.skipif(not fsdp2_available(), reason="torch.distributed.fsdp.fully_shard missing")
+@needs_fsdp2
 def test_fsdp2_trains_a_transformers_gpt2_with_tied_embeddings_like_one_process(tmp_path):
     """Each block of its ModuleList is a unit, the tied embedding and output layer
     stay in the root's group. A NaN loss on one rank only skips the update on every
@@ -166,6 +168,25 @@ def test_fsdp2_trains_a_transformers_gpt2_with_tied_embeddings_like_one_process(
     assert two["eval_samples_seen"] == one["eval_samples_seen"] == 9
 
 
+def test_fsdp2_on_cpu_ranks_is_refused_where_torch_cannot_reduce_by_sums(monkeypatch):
+    """torch 2.7's gloo reduce-scatter returns the sum for ReduceOp.AVG, and its FSDP2
+    has no set_force_sum_reduction_for_comms: every gradient would be world_size
+    times the mean, so the Trainer stops before sharding, naming the release."""
+    from torch.distributed.fsdp import FSDPModule
+
+    from pytrainer.trainer.distributed import DistributedSetupError
+    from pytrainer.trainer.parallel import shard_fsdp2
+    monkeypatch.delattr(FSDPModule, "set_force_sum_reduction_for_comms", raising=False)
+    assert fsdp2_unsupported("cuda") is None
+    expected = (f"fsdp2=True on CPU ranks (gloo) needs torch >= 2.8: torch {torch.__version__}'s "
+                "gloo reduce-scatter returns the sum where FSDP2 asks for the mean, which would "
+                "multiply every gradient by the number of ranks")
+    assert fsdp2_unsupported("cpu") == expected
+    with pytest.raises(DistributedSetupError) as refused:
+        shard_fsdp2(torch.nn.Linear(2, 2), "cpu", 2)
+    assert str(refused.value) == expected
+
+
 def test_fsdp2_units_are_the_blocks_and_leave_tied_weights_to_the_root():
     from pytrainer.examples.byte_gpt import ByteGPT, ByteGPTConfig
     from pytrainer.trainer.parallel import fsdp2_units
@@ -177,7 +198,7 @@ def test_fsdp2_units_are_the_blocks_and_leave_tied_weights_to_the_root():
     assert [id(u) for u in units] == [id(m) for m in (model.wpe, *model.blocks, model.ln_f)]
 
 
-@pytest.mark.skipif(not fsdp2_available(), reason="torch.distributed.fsdp.fully_shard missing")
+@needs_fsdp2
 def test_fsdp2_builds_the_optimizer_of_optimizer_cls_and_kwargs_over_the_shards(tmp_path):
     """The way to give FSDP2 an optimizer of one's own: its class and arguments,
     built once the model is sharded; trains like one process with that optimizer.
@@ -196,7 +217,7 @@ def test_fsdp2_builds_the_optimizer_of_optimizer_cls_and_kwargs_over_the_shards(
     assert any(a != b for name in start for a, b in zip(two["params"][name], start[name]))
 
 
-@pytest.mark.skipif(not fsdp2_available(), reason="torch.distributed.fsdp.fully_shard missing")
+@needs_fsdp2
 def test_a_user_optimizer_with_fsdp2_is_an_error(tmp_path):
     done, _ = run_worker(tmp_path, "user", dict(model="regression", sgd=True,
                                                  args=dict(fsdp2=True)))

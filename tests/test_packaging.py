@@ -97,7 +97,7 @@ def test_sdist_asks_for_any_torch_and_lists_the_extras(sdist):
         info = archive.extractfile(f"pytrainer-{pytrainer.__version__}/PKG-INFO").read()
     metadata = email.message_from_bytes(info)
     requires = metadata.get_all("Requires-Dist")
-    assert "torch>=2.8" in requires
+    assert "torch>=2.7" in requires
     assert "requires-dist" in [d.lower() for d in metadata.get_all("Dynamic", [])]
     hf = [r.split(";")[0].strip() for r in requires if 'extra == "hf"' in r]
     assert sorted(r.split(">")[0] for r in hf) == ["accelerate", "datasets", "tokenizers",
@@ -187,12 +187,12 @@ def load_setup_py():
 
 def test_a_build_against_a_torch_older_than_pytrainer_works_with_stops_saying_so():
     setup_py = load_setup_py()
-    for version in ("2.8.0+cu128", "2.9.1+cu128", "2.11.0+cu130", "2.14.1", "2.15.0.dev20260101+cpu", "3.0.0"):
+    for version in ("2.7.1+cu126", "2.8.0+cu128", "2.9.1+cu128", "2.11.0+cu130", "2.14.1", "2.15.0.dev20260101+cpu", "3.0.0"):
         setup_py.check_torch_release(version)
     with pytest.raises(SystemExit) as stop:
         setup_py.check_torch_release("2.4.1+cu121")
-    assert str(stop.value) == ("pytrainer needs torch>=2.8; this environment has torch "
-                               "2.4.1+cu121. Run pip install -U 'torch>=2.8' and build again.")
+    assert str(stop.value) == ("pytrainer needs torch>=2.7; this environment has torch "
+                               "2.4.1+cu121. Run pip install -U 'torch>=2.7' and build again.")
 
 
 @pytest.mark.parametrize("capabilities, expected", [

@@ -11,6 +11,7 @@ import os
 import warnings
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,7 +33,9 @@ DEFAULTS = {
     "lr_scheduler_type": "linear",
     "lr_scheduler_kwargs": None,
     "warmup_steps": 0,
-    "optim": "adamw_torch_fused",
+    # transformers' rule: the fused AdamW from torch 2.8 on
+    "optim": "adamw_torch_fused" if tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 8)
+             else "adamw_torch",
     "optim_args": None,
     "weight_decay": 0.0,
     "adam_beta1": 0.9,

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistributedContext", "init_distributed", "select_device", "DistributedSetupError",
-           "fsdp2_available"]
+           "fsdp2_unsupported"]
 
 
 class DistributedSetupError(RuntimeError):
@@ -179,10 +179,16 @@ def select_device(use_cpu: bool, context: DistributedContext) -> torch.device:
     return torch.device("cpu")
 
 
-def fsdp2_available() -> bool:
+def fsdp2_unsupported(device_type: str) -> str | None:
+    """Why FSDP2 cannot train here on ranks of ``device_type``; None when it can."""
     try:
-        from torch.distributed.fsdp import fully_shard  # noqa: F401
+        from torch.distributed.fsdp import FSDPModule, fully_shard  # noqa: F401
     except ImportError:
-        return False
-    return True
+        return (f"fsdp2=True needs torch.distributed.fsdp.fully_shard (torch >= 2.6); this is "
+                f"torch {torch.__version__}")
+    if device_type == "cpu" and not hasattr(FSDPModule, "set_force_sum_reduction_for_comms"):
+        return (f"fsdp2=True on CPU ranks (gloo) needs torch >= 2.8: torch "
+                f"{torch.__version__}'s gloo reduce-scatter returns the sum where FSDP2 asks for "
+                "the mean, which would multiply every gradient by the number of ranks")
+    return None
 

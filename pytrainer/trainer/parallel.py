@@ -16,7 +16,7 @@ from torch import nn
 
 from pytrainer.trainer import checkpoint as ckpt
 from pytrainer.trainer.distributed import (DistributedContext, DistributedSetupError,
-                                           fsdp2_available)
+                                           fsdp2_unsupported)
 from pytrainer.trainer.stepping import squared_norm, total_norm
 
 __all__ = ["Replicated", "DataParallel", "FullyShardedParallel", "choose_parallel",
@@ -150,17 +150,16 @@ def shard_fsdp2(model: nn.Module, device_type: str, world_size: int) -> None:
     ``fsdp2_units`` shards on its own (its parameters are gathered for its forward
     only), then the root takes the rest; parameters become DTensors holding this
     rank's shard."""
-    if not fsdp2_available():
-        raise DistributedSetupError(
-            f"fsdp2=True needs torch.distributed.fsdp.fully_shard (torch >= 2.6); this is torch "
-            f"{torch.__version__}")
+    unsupported = fsdp2_unsupported(device_type)
+    if unsupported:
+        raise DistributedSetupError(unsupported)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard
     mesh = init_device_mesh(device_type, (world_size,))
     for unit in fsdp2_units(model):
         fully_shard(unit, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    if torch.distributed.get_backend(mesh.get_group()) == "gloo":
+    if device_type == "cpu":
         # FSDP2 reduce-scatters float32 and bfloat16 grads with ReduceOp.AVG, and
         # torch 2.8's gloo returns the sum for it (world_size times the mean): sums,
         # then FSDP2's own division, are right with every release.
