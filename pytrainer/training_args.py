@@ -26,10 +26,10 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Literal, Mapping, get_args
 
 from pytrainer import deprecated_args
-from pytrainer._build_info import release
 from pytrainer._arg_checks import (MAX_SEED, check_bool, check_str, choice, copy_json,
                                    json_object, plain, same, show, string_list, to_float, to_int,
                                    to_steps)
+from pytrainer._build_info import release
 from pytrainer._suggest import did_you_mean
 from pytrainer.args_runtime import ProcessProperties
 from pytrainer.field_kinds import reject_unavailable

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytrainer import TrainingArguments
+from pytrainer._build_info import release
 from pytrainer.field_kinds import PYTRAINER_FIELDS
 from pytrainer.optim import registry
 from pytrainer.training_args import (INTERVAL_STRATEGIES, SAVE_STRATEGIES, SCHEDULER_TYPES,
@@ -34,8 +35,7 @@ DEFAULTS = {
     "lr_scheduler_kwargs": None,
     "warmup_steps": 0,
     # transformers' rule: the fused AdamW from torch 2.8 on
-    "optim": "adamw_torch_fused" if tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 8)
-             else "adamw_torch",
+    "optim": "adamw_torch_fused" if release(torch.__version__) >= (2, 8) else "adamw_torch",
     "optim_args": None,
     "weight_decay": 0.0,
     "adam_beta1": 0.9,
