@@ -80,7 +80,8 @@ def test_bench_optim_measures_every_isa_against_torch_kernels_of_its_width(tmp_p
             capability, isas)
 
 
-def test_bench_optim_measures_the_default_build_against_torchs_default_capability(tmp_path):
+def test_bench_optim_measures_the_default_build_against_torchs_default_capability(tmp_path,
+                                                                                   bench_optim):
     """The portable build is the fallback for CPUs without AVX2, so its anchor is
     torch's own portable kernels (ATEN_CPU_CAPABILITY=default, read by torch at
     start): a process of its own, with pytrainer forced to DEFAULT there too."""
@@ -101,7 +102,7 @@ def test_bench_optim_measures_the_default_build_against_torchs_default_capabilit
         if row["anchor"]:
             assert row["anchor"] in {"torch AdamW fused", "torch Adafactor foreach"}, row
             assert math.isfinite(row["speedup_vs_anchor"]) and row["speedup_vs_anchor"] > 0, row
-    if torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "NO AVX"):  # torch < 2.9
+    if bench_optim.torch_capability() != "default":
         assert "ATEN_CPU_CAPABILITY=default PYTRAINER_CPU_ISA=DEFAULT" in out
         # in that process torch runs only as the anchors
         assert {r["optimizer"] for r in rows if not r["isa"]} == {"torch AdamW fused",

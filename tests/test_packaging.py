@@ -187,7 +187,8 @@ def load_setup_py():
 
 def test_a_build_against_a_torch_older_than_pytrainer_works_with_stops_saying_so():
     setup_py = load_setup_py()
-    for version in ("2.7.1+cu126", "2.8.0+cu128", "2.9.1+cu128", "2.11.0+cu130", "2.14.1", "2.15.0.dev20260101+cpu", "3.0.0"):
+    for version in ("2.7.1+cu126", "2.8.0+cu128", "2.9.1+cu128", "2.11.0+cu130", "2.14.1",
+                    "2.15.0.dev20260101+cpu", "3.0.0"):
         setup_py.check_torch_release(version)
     with pytest.raises(SystemExit) as stop:
         setup_py.check_torch_release("2.4.1+cu121")
